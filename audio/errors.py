@@ -1,0 +1,45 @@
+"""The worker's error hierarchy: every failure a caller can see has a stable code here.
+
+Only `handler.py` turns these into `{"error": {"code", "message"}}`. Messages are written for the caller:
+what was wrong and how to fix it, never a traceback, a path of the worker's disk, or a credential.
+"""
+
+
+class TTSError(Exception):
+    """Base of every error with a contract code."""
+
+    code = "internal"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class InputError(TTSError):
+    """The job is malformed, out of range, or asks a model for what it can't do. Never retried."""
+
+    code = "invalid_input"
+
+
+class ModelError(TTSError):
+    """The model's files are missing or could not be loaded."""
+
+    code = "model_unavailable"
+
+
+class SynthesisError(TTSError):
+    """A chunk failed its quality check after every retry."""
+
+    code = "synthesis_failed"
+
+
+class PayloadTooLargeError(TTSError):
+    """The inline (base64) result would exceed the response limit and S3 is not configured."""
+
+    code = "payload_too_large"
+
+
+class DeliveryError(TTSError):
+    """The S3 upload failed."""
+
+    code = "delivery_failed"

@@ -1,0 +1,250 @@
+"""The chunking generator: split a job's text, generate chunks in batches, check and retry, then join.
+
+It knows models only through the small `SpeechModel` protocol (what `model_loader.LoadedModel` offers), so a
+test can wrap the real model to inject failures. Invalid input never reaches here; no sleeps, no silent drops:
+a chunk that still fails after its retries fails the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from audio import joiner
+from audio.errors import SynthesisError
+from audio.model_loader import Voice
+from audio.quality import QualityLimits, check_chunk, frame_budget
+from audio.reference import decode_reference
+from audio.schema import JobPlan, SegmentPlan
+from audio.splitter import split_text, text_weight
+
+log = logging.getLogger(__name__)
+
+
+class SpeechModel(Protocol):
+    sample_rate: int
+    frame_samples: int
+
+    def clone_prompt(self, voice: Voice) -> Any: ...
+
+    def generate(
+        self,
+        texts: Sequence[str],
+        *,
+        language: str,
+        voice: Voice,
+        seed: int,
+        max_new_tokens: int,
+        params: dict[str, Any],
+        clone_prompt: Any = None,
+    ) -> list[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    max_batch: int = 8
+    max_retries: int = 2
+    chunk_target_chars: int = 150
+    chunk_max_chars: int = 250
+    crossfade_ms: float = 40.0
+    edge_pad_ms: float = 60.0
+    limits: QualityLimits = field(default_factory=QualityLimits)
+
+
+@dataclass
+class Chunk:
+    index: int  # position in the job
+    segment: int
+    text: str
+    span: tuple[int, int]  # character range in its segment's text, for error messages
+    weight: float
+    audio: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Synthesis:
+    segments: list[np.ndarray]  # one track per segment, its chunks crossfaded
+    pauses_ms: list[int]  # silence before each segment (the first's is unused)
+    chunk_lengths: list[list[int]]  # trimmed chunk lengths per segment, in samples
+    sample_rate: int
+    num_chunks: int
+    retries: int
+    seed: int
+    model_time_s: float
+
+
+def _chunks_for(segment_index: int, segment: SegmentPlan, config: GeneratorConfig, start: int) -> list[Chunk]:
+    chunks = []
+    pos = 0
+    for text in split_text(segment.text, config.chunk_target_chars, config.chunk_max_chars):
+        begin = segment.text.index(text, pos)
+        pos = begin + len(text)
+        chunks.append(Chunk(start + len(chunks), segment_index, text, (begin, pos), text_weight(text)))
+    return chunks
+
+
+def _derive_seed(*parts: object) -> int:
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _batches(chunks: list[Chunk], max_batch: int) -> list[list[Chunk]]:
+    # Similar lengths share a batch, so short chunks don't wait on a long one's extra frames.
+    ordered = sorted(chunks, key=lambda c: (c.weight, c.index))
+    return [ordered[i : i + max_batch] for i in range(0, len(ordered), max_batch)]
+
+
+class Generator:
+    def __init__(self, get_model: Callable[[str], SpeechModel], config: GeneratorConfig):
+        self.get_model = get_model
+        self.config = config
+
+    def run(self, plan: JobPlan, *, on_progress: Callable[[int, int], None] | None = None) -> Synthesis:
+        seed = plan.seed if plan.seed is not None else secrets.randbelow(2**32)
+        chunks: list[Chunk] = []
+        for i, segment in enumerate(plan.segments):
+            chunks.extend(_chunks_for(i, segment, self.config, len(chunks)))
+
+        voices = self._voices(plan)
+        # Chunks that share model, voice and language go through one generate call per batch.
+        groups: dict[tuple, list[Chunk]] = {}
+        for chunk in chunks:
+            seg = plan.segments[chunk.segment]
+            groups.setdefault((seg.model.name, voices[chunk.segment].key(), seg.language), []).append(chunk)
+
+        work = []
+        for (model_name, _, language), members in groups.items():
+            model = self.get_model(model_name)
+            voice = voices[members[0].segment]
+            prompt = model.clone_prompt(voice) if voice.ref_audio is not None else None
+            for batch in _batches(members, self.config.max_batch):
+                work.append((model, voice, language, prompt, batch))
+
+        done = 0
+        retries = 0
+        model_time_s = 0.0
+        for batch_no, (model, voice, language, prompt, batch) in enumerate(work):
+            pending = batch
+            for attempt in range(self.config.max_retries + 1):
+                started = time.perf_counter()
+                failures = self._generate(
+                    model, voice, language, prompt, pending, plan, _derive_seed(seed, batch_no, attempt)
+                )
+                model_time_s += time.perf_counter() - started
+                if not failures:
+                    break
+                if attempt == self.config.max_retries:
+                    chunk, reason = failures[0]
+                    raise SynthesisError(self._failure_message(chunk, len(chunks), plan, reason, attempt + 1))
+                retries += len(failures)
+                log.warning("retrying %d chunk(s) of batch %d: %s", len(failures), batch_no, failures[0][1])
+                pending = [c for c, _ in failures]
+            done += len(batch)
+            if on_progress is not None:
+                on_progress(done, len(chunks))
+
+        sample_rate = work[0][0].sample_rate
+        trimmed = self._trimmed(plan, chunks, sample_rate)
+        crossfade = int(sample_rate * self.config.crossfade_ms / 1000.0)
+        return Synthesis(
+            segments=[joiner.join([seg], [0], crossfade) for seg in trimmed],
+            pauses_ms=[seg.pause_ms for seg in plan.segments],
+            chunk_lengths=[[len(c) for c in seg] for seg in trimmed],
+            sample_rate=sample_rate,
+            num_chunks=len(chunks),
+            retries=retries,
+            seed=seed,
+            model_time_s=model_time_s,
+        )
+
+    def _voices(self, plan: JobPlan) -> list[Voice]:
+        references = {}
+        voices = []
+        for seg in plan.segments:
+            ref = None
+            if seg.ref_audio is not None:
+                if seg.ref_audio not in references:
+                    references[seg.ref_audio] = decode_reference(seg.ref_audio)
+                ref = references[seg.ref_audio]
+            voices.append(
+                Voice(
+                    speaker=seg.speaker,
+                    instruct=seg.instruct,
+                    ref_audio=(ref.samples, ref.sample_rate) if ref else None,
+                    ref_text=seg.ref_text,
+                    x_vector_only=seg.x_vector_only,
+                    ref_key=ref.key if ref else None,
+                )
+            )
+        return voices
+
+    def _generate(
+        self,
+        model: SpeechModel,
+        voice: Voice,
+        language: str,
+        prompt: Any,
+        batch: list[Chunk],
+        plan: JobPlan,
+        seed: int,
+    ) -> list[tuple[Chunk, str]]:
+        frame_rate = model.sample_rate / model.frame_samples
+        limits = self.config.limits
+        budgets = [frame_budget(c.weight, frame_rate, limits) for c in batch]
+        user_cap = plan.max_new_tokens
+        if user_cap is not None:
+            budgets = [min(b, user_cap) for b in budgets]
+        wavs = model.generate(
+            [c.text for c in batch],
+            language=language,
+            voice=voice,
+            seed=seed,
+            max_new_tokens=max(budgets),
+            params=plan.sampling,
+            clone_prompt=prompt,
+        )
+        failures = []
+        for chunk, wav, budget in zip(batch, wavs, budgets, strict=True):
+            frames = -(-len(wav) // model.frame_samples)
+            reason = check_chunk(
+                wav,
+                model.sample_rate,
+                text_weight=chunk.weight,
+                frames=frames,
+                budget_frames=budget,
+                user_capped=user_cap is not None and budget == user_cap,
+                limits=limits,
+            )
+            if reason is None:
+                chunk.audio = wav
+            else:
+                failures.append((chunk, reason))
+        return failures
+
+    def _trimmed(self, plan: JobPlan, chunks: list[Chunk], sample_rate: int) -> list[list[np.ndarray]]:
+        per_segment: list[list[np.ndarray]] = [[] for _ in plan.segments]
+        for chunk in chunks:
+            per_segment[chunk.segment].append(
+                joiner.trim_edges(
+                    chunk.audio,
+                    sample_rate,
+                    threshold_db=self.config.limits.silence_threshold_db,
+                    pad_ms=self.config.edge_pad_ms,
+                )
+            )
+        return per_segment
+
+    @staticmethod
+    def _failure_message(chunk: Chunk, total: int, plan: JobPlan, reason: str, attempts: int) -> str:
+        segment = f"segment {chunk.segment + 1}, " if len(plan.segments) > 1 else ""
+        return (
+            f"chunk {chunk.index + 1} of {total} ({segment}characters {chunk.span[0]}-{chunk.span[1]}) "
+            f"failed its quality check after {attempts} attempts: {reason}"
+        )

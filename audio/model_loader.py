@@ -1,0 +1,291 @@
+"""Finding, loading, caching and calling the Qwen3-TTS models: the only module that imports torch and qwen_tts.
+
+Both are imported lazily, so validation, info actions and tests of pure code never pay for them.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from audio.catalog import BASE, CUSTOM_VOICE, MODELS, TOKENIZER_DIR_NAME, VOICE_DESIGN, ModelVariant
+from audio.errors import InputError, ModelError
+from audio.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Voice:
+    """Who speaks a chunk. CustomVoice: `speaker` (+ `instruct`); VoiceDesign: `instruct`; Base: `ref_*`."""
+
+    speaker: str | None = None
+    instruct: str | None = None
+    ref_audio: tuple[np.ndarray, int] | None = None  # decoded reference (samples, sample_rate)
+    ref_text: str | None = None
+    x_vector_only: bool = False
+    ref_key: str | None = None  # identifies the reference audio, for caching its clone prompt
+
+    def key(self) -> tuple:
+        return (self.speaker, self.instruct, self.ref_key, self.ref_text, self.x_vector_only)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: str
+    dtype: str
+    attention: str
+
+
+def find_model_path(variant: ModelVariant, settings: Settings) -> Path | None:
+    """The directory holding a variant's weights: the model dir first, then Hugging Face cache snapshots."""
+    direct = settings.model_dir / variant.dir_name
+    if (direct / "config.json").is_file():
+        return direct
+    for hub in settings.hf_cache_dirs:
+        snapshots = hub / f"models--Qwen--{variant.dir_name}" / "snapshots"
+        if not snapshots.is_dir():
+            continue
+        candidates = sorted(
+            (p for p in snapshots.iterdir() if (p / "config.json").is_file()),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        if candidates:
+            return candidates[0]
+    return None
+
+
+def find_tokenizer_path(model_path: Path, settings: Settings) -> Path | None:
+    """The speech tokenizer: inside the model dir, else a sibling `Qwen3-TTS-Tokenizer-12Hz/` download."""
+    if (model_path / "speech_tokenizer" / "config.json").is_file():
+        return model_path / "speech_tokenizer"
+    for base in (model_path.parent, settings.model_dir):
+        if (base / TOKENIZER_DIR_NAME / "config.json").is_file():
+            return base / TOKENIZER_DIR_NAME
+    for hub in settings.hf_cache_dirs:
+        snapshots = hub / f"models--Qwen--{TOKENIZER_DIR_NAME}" / "snapshots"
+        if snapshots.is_dir():
+            for snap in snapshots.iterdir():
+                if (snap / "config.json").is_file():
+                    return snap
+    return None
+
+
+def download_hint(variant: ModelVariant, settings: Settings) -> str:
+    return (
+        f"huggingface-cli download {variant.repo_id} --local-dir {settings.model_dir}/{variant.dir_name} "
+        f"(or: python scripts/download_models.py {variant.name})"
+    )
+
+
+def pick_runtime(settings: Settings) -> Runtime:
+    import torch
+
+    device = settings.device
+    if device == "auto":
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"QWEN_TTS_DEVICE={settings.device} but no CUDA device is visible to this worker")
+    dtype = settings.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    if dtype not in ("bfloat16", "float16", "float32"):
+        raise ModelError(f"QWEN_TTS_DTYPE={settings.dtype} is not one of auto, bfloat16, float16, float32")
+    attention = "sdpa"
+    if device.startswith("cuda"):
+        try:
+            import flash_attn  # noqa: F401
+
+            attention = "flash_attention_2"
+        except ImportError:
+            pass
+    return Runtime(device=device, dtype=dtype, attention=attention)
+
+
+class LoadedModel:
+    """One loaded variant, with the calls the generator needs. Output is float32 mono at `sample_rate`."""
+
+    def __init__(self, variant: ModelVariant, tts: Any, runtime: Runtime):
+        self.variant = variant
+        self.tts = tts
+        self.runtime = runtime
+        self.sample_rate = int(tts.model.speech_tokenizer.get_output_sample_rate())
+        self.frame_samples = int(tts.model.speech_tokenizer.get_decode_upsample_rate())
+
+    def clone_prompt(self, voice: Voice) -> Any:
+        """Build a Base model's voice-clone prompt once; every chunk of the voice reuses it."""
+        samples, rate = voice.ref_audio
+        try:
+            return self.tts.create_voice_clone_prompt(
+                ref_audio=(samples, rate), ref_text=voice.ref_text, x_vector_only_mode=voice.x_vector_only
+            )
+        except ValueError as exc:
+            raise InputError(f"the reference audio could not be used: {exc}") from None
+
+    def generate(
+        self,
+        texts: Sequence[str],
+        *,
+        language: str,
+        voice: Voice,
+        seed: int,
+        max_new_tokens: int,
+        params: dict[str, Any],
+        clone_prompt: Any = None,
+    ) -> list[np.ndarray]:
+        """One batched `generate_*` call for chunks that share voice, language and parameters."""
+        import torch
+
+        torch.manual_seed(seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(seed)
+        kwargs = dict(params, max_new_tokens=max_new_tokens)
+        texts = list(texts)
+        kind = self.variant.kind
+        if kind == CUSTOM_VOICE:
+            instruct = voice.instruct if self.variant.honours_instruct else None
+            wavs, rate = self.tts.generate_custom_voice(
+                text=texts, speaker=voice.speaker, language=language, instruct=instruct, **kwargs
+            )
+        elif kind == VOICE_DESIGN:
+            wavs, rate = self.tts.generate_voice_design(
+                text=texts, instruct=voice.instruct, language=language, **kwargs
+            )
+        elif kind == BASE:
+            # non_streaming_mode=True: the streaming text feed speeds speech up within a long clone generation.
+            wavs, rate = self.tts.generate_voice_clone(
+                text=texts,
+                language=language,
+                voice_clone_prompt=clone_prompt,
+                non_streaming_mode=True,
+                **kwargs,
+            )
+        else:  # pragma: no cover - the catalog has no other kind
+            raise ModelError(f"unknown model kind {kind}")
+        if rate != self.sample_rate:  # pragma: no cover - a tokenizer contract break
+            raise ModelError(f"{self.variant.name} returned {rate} Hz audio, expected {self.sample_rate}")
+        return [np.asarray(w, dtype=np.float32).reshape(-1) for w in wavs]
+
+
+class ModelCache:
+    """Per-worker cache of loaded models: at most `max_loaded_models`, least recently used evicted first."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._runtime: Runtime | None = None
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            self._runtime = pick_runtime(self.settings)
+            log.info(
+                "runtime: device=%s dtype=%s attention=%s",
+                self._runtime.device,
+                self._runtime.dtype,
+                self._runtime.attention,
+            )
+        return self._runtime
+
+    def loaded(self) -> list[str]:
+        with self._lock:
+            return list(self._models)
+
+    def get(self, name: str) -> LoadedModel:
+        with self._lock:
+            model = self._models.get(name)
+            if model is not None:
+                self._models.move_to_end(name)
+                return model
+            while len(self._models) >= self.settings.max_loaded_models:
+                evicted, _ = self._models.popitem(last=False)
+                log.info("evicting model %s", evicted)
+                self._free_memory()
+            model = self._load(MODELS[name])
+            self._models[name] = model
+            return model
+
+    def _free_memory(self) -> None:
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _load(self, variant: ModelVariant) -> LoadedModel:
+        path = find_model_path(variant, self.settings)
+        if path is None:
+            raise ModelError(
+                f"model {variant.name} is not on this worker: looked in {self.settings.model_dir} and the "
+                f"Hugging Face caches. Download it to the network volume: {download_hint(variant, self.settings)}"
+            )
+        tokenizer = find_tokenizer_path(path, self.settings)
+        if tokenizer is None:
+            raise ModelError(
+                f"model {variant.name} has no speech tokenizer (speech_tokenizer/ or a sibling "
+                f"{TOKENIZER_DIR_NAME}/). Download it again: {download_hint(variant, self.settings)}"
+            )
+        runtime = self.runtime
+        started = time.perf_counter()
+        try:
+            tts = _load_qwen_tts(path, tokenizer, runtime)
+        except Exception as exc:  # the package raises many kinds; the caller needs one code
+            log.exception("loading %s failed", variant.name)
+            raise ModelError(
+                f"model {variant.name} could not be loaded ({type(exc).__name__}); its files may be incomplete. "
+                f"Download it again: {download_hint(variant, self.settings)}"
+            ) from None
+        log.info("loaded %s in %.1fs", variant.name, time.perf_counter() - started)
+        return LoadedModel(variant, tts, runtime)
+
+
+def _load_qwen_tts(path: Path, tokenizer: Path, runtime: Runtime) -> Any:
+    import torch
+    from qwen_tts import Qwen3TTSModel
+
+    dtype = getattr(torch, runtime.dtype)
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "attn_implementation": runtime.attention,
+        "device_map": runtime.device,
+    }
+    if tokenizer.parent == path:
+        return Qwen3TTSModel.from_pretrained(str(path), **kwargs)
+    # A model dir without speech_tokenizer/: load the talker, then the sibling tokenizer, without writing to
+    # the (possibly read-only) volume. qwen_tts insists on speech_tokenizer/config.json, so give it a view.
+    return _load_with_sibling_tokenizer(path, tokenizer, kwargs)
+
+
+def _load_with_sibling_tokenizer(path: Path, tokenizer: Path, kwargs: dict[str, Any]) -> Any:
+    import tempfile
+
+    from qwen_tts import Qwen3TTSModel
+
+    view = Path(tempfile.mkdtemp(prefix="qwen-tts-view-"))
+    for item in path.iterdir():
+        (view / item.name).symlink_to(item)
+    (view / "speech_tokenizer").symlink_to(tokenizer)
+    return Qwen3TTSModel.from_pretrained(str(view), **kwargs)
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("qwen-tts", "torch", "transformers", "runpod"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "missing"
+    return out

@@ -1,0 +1,276 @@
+"""The job contract's input shape (pydantic v2) and its resolution into a plain, validated `JobPlan`.
+
+Field-level checks live on the models; cross-field rules that need the catalog (which model kind takes
+which voice fields) live in `plan_job`. Every problem becomes an `InputError` a caller can act on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from audio.catalog import (
+    BASE,
+    CUSTOM_VOICE,
+    DEFAULT_VOICE,
+    LANGUAGE_CODES,
+    LANGUAGES,
+    MODELS,
+    SPEAKERS,
+    VOICE_ALIASES,
+    VOICE_DESIGN,
+    ModelVariant,
+    find_model,
+    resolve_language,
+    resolve_voice,
+)
+from audio.errors import InputError
+
+OUTPUT_FORMATS = ("wav", "mp3", "flac", "opus", "aac", "pcm")
+DELIVERY_MODES = ("auto", "base64", "s3")
+INFO_ACTIONS = ("health", "voices", "languages", "models")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class Params(_Strict):
+    temperature: float | None = Field(default=None, gt=0, le=2)
+    top_k: int | None = Field(default=None, ge=0, le=2048)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=3)
+    max_new_tokens: int | None = Field(default=None, ge=1, le=8192)
+    subtalker_temperature: float | None = Field(default=None, gt=0, le=2)
+    subtalker_top_k: int | None = Field(default=None, ge=0, le=2048)
+    subtalker_top_p: float | None = Field(default=None, gt=0, le=1)
+    # The seed handler's examples put these under params; top-level fields win when both are given.
+    language: str | None = None
+    instruct: str | None = None
+
+    def sampling(self) -> dict[str, Any]:
+        """The generation kwargs qwen_tts takes (None = the model's generation_config default)."""
+        names = ("temperature", "top_k", "top_p", "repetition_penalty")
+        out = {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+        for n in ("temperature", "top_k", "top_p"):
+            value = getattr(self, f"subtalker_{n}")
+            if value is not None:
+                out[f"subtalker_{n}"] = value
+        return out
+
+
+class VoiceFields(_Strict):
+    model: str | None = None
+    voice: str | None = None
+    language: str | None = None
+    instruct: str | None = None
+    ref_audio: str | None = None
+    ref_text: str | None = None
+    x_vector_only: bool | None = None
+    pause_ms: int | None = Field(default=None, ge=0, le=10_000)
+
+
+class SegmentIn(VoiceFields):
+    text: str
+
+
+class SynthesisJob(VoiceFields):
+    action: Literal["synthesize"] = "synthesize"
+    text: str | None = None
+    segments: list[SegmentIn] | None = None
+    output_format: str = "wav"
+    sample_rate: int | None = Field(default=None, ge=8000, le=48_000)
+    loudness_lufs: float | None = Field(default=None, ge=-70, le=-5)
+    delivery: str = "auto"
+    stream: bool = False
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    params: Params = Field(default_factory=Params)
+
+    @field_validator("output_format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        fmt = value.strip().lower()
+        if fmt not in OUTPUT_FORMATS:
+            raise ValueError(f"must be one of {', '.join(OUTPUT_FORMATS)}")
+        return fmt
+
+    @field_validator("delivery")
+    @classmethod
+    def _delivery(cls, value: str) -> str:
+        mode = value.strip().lower()
+        if mode not in DELIVERY_MODES:
+            raise ValueError(f"must be one of {', '.join(DELIVERY_MODES)}")
+        return mode
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """One piece of text with everything needed to speak it."""
+
+    text: str
+    model: ModelVariant
+    language: str
+    speaker: str | None = None
+    instruct: str | None = None
+    ref_audio: str | None = None  # as sent; decoded by the reference module
+    ref_text: str | None = None
+    x_vector_only: bool = False
+    pause_ms: int = 300  # silence before this segment (ignored for the first)
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    segments: list[SegmentPlan]
+    output_format: str
+    sample_rate: int | None
+    loudness_lufs: float | None
+    delivery: str
+    stream: bool
+    seed: int | None
+    sampling: dict[str, Any]
+    max_new_tokens: int | None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def models(self) -> list[str]:
+        return list(dict.fromkeys(s.model.name for s in self.segments))
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    unknown = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "input"
+        if item["type"] == "extra_forbidden":
+            unknown.append(where)
+        else:
+            problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+    if unknown:
+        problems.insert(0, f"unknown field(s): {', '.join(unknown)}")
+    return "; ".join(problems)
+
+
+def parse_job(payload: Any) -> SynthesisJob:
+    if not isinstance(payload, dict):
+        raise InputError("job input must be a JSON object")
+    try:
+        return SynthesisJob.model_validate(payload)
+    except ValidationError as exc:
+        raise InputError(_describe(exc)) from None
+
+
+def _pick(*values):
+    return next((v for v in values if v is not None), None)
+
+
+def _language(raw: str | None) -> str:
+    if raw is None or not raw.strip():
+        return "Auto"
+    lang = resolve_language(raw)
+    if lang is None:
+        codes = ", ".join(sorted(LANGUAGE_CODES))
+        raise InputError(f"unknown language {raw!r}: use one of {', '.join(LANGUAGES)} or a code ({codes})")
+    return lang
+
+
+def _model(raw: str | None, default_model: str) -> ModelVariant:
+    name = raw if raw is not None and raw.strip() else default_model
+    variant = find_model(name)
+    if variant is None:
+        raise InputError(f"unknown model {name!r}: use one of {', '.join(MODELS)}")
+    return variant
+
+
+def _segment(
+    where: str, text: str, own: VoiceFields, job: SynthesisJob, default_model: str, warnings: list[str]
+) -> SegmentPlan:
+    variant = _model(_pick(own.model, job.model), default_model)
+    voice = _pick(own.voice, job.voice)
+    instruct = _pick(own.instruct, job.instruct, job.params.instruct)
+    ref_audio = _pick(own.ref_audio, job.ref_audio)
+    ref_text = _pick(own.ref_text, job.ref_text)
+    x_vector_only = bool(_pick(own.x_vector_only, job.x_vector_only, False))
+    language = _language(_pick(own.language, job.language, job.params.language))
+    if not text.strip():
+        raise InputError(f"{where}text is empty")
+    prefix = f"{where}model {variant.name}"
+
+    speaker = None
+    if variant.kind == CUSTOM_VOICE:
+        if ref_audio is not None or ref_text is not None:
+            raise InputError(f"{prefix} uses preset speakers; ref_audio/ref_text need a Base model (e.g. 1.7B-Base)")
+        speaker = resolve_voice(voice or DEFAULT_VOICE)
+        if speaker is None:
+            names = ", ".join(s.name for s in SPEAKERS.values())
+            aliases = ", ".join(VOICE_ALIASES)
+            raise InputError(f"unknown voice {voice!r}: use one of {names} (aliases: {aliases})")
+        if instruct and not variant.honours_instruct:
+            warnings.append(
+                f"{prefix} ignores instruct (only 1.7B-CustomVoice follows style instructions); it was not applied"
+            )
+            instruct = None
+    elif variant.kind == VOICE_DESIGN:
+        if voice is not None:
+            raise InputError(f"{prefix} has no preset voices; describe the voice in instruct instead")
+        if ref_audio is not None or ref_text is not None:
+            raise InputError(f"{prefix} does not clone; ref_audio/ref_text need a Base model (e.g. 1.7B-Base)")
+        if not instruct or not instruct.strip():
+            raise InputError(f"{prefix} needs instruct: a description of the voice, e.g. 'a calm, low male voice'")
+    elif variant.kind == BASE:
+        if voice is not None:
+            raise InputError(
+                f"{prefix} clones a voice from ref_audio and has no preset voices; "
+                "use a CustomVoice model for voice names"
+            )
+        if instruct:
+            raise InputError(f"{prefix} does not take instruct; use 1.7B-CustomVoice or 1.7B-VoiceDesign")
+        if not ref_audio:
+            raise InputError(f"{prefix} needs ref_audio (base64, a data: URI or an http(s) URL) to clone")
+        if not x_vector_only and not (ref_text and ref_text.strip()):
+            raise InputError(f"{prefix} needs ref_text, the transcript of ref_audio, unless x_vector_only is true")
+    pause_ms = _pick(own.pause_ms, job.pause_ms, 300)
+    return SegmentPlan(
+        text=text,
+        model=variant,
+        language=language,
+        speaker=speaker,
+        instruct=instruct,
+        ref_audio=ref_audio,
+        ref_text=ref_text if not x_vector_only else None,
+        x_vector_only=x_vector_only,
+        pause_ms=pause_ms,
+    )
+
+
+def plan_job(job: SynthesisJob, *, default_model: str, max_chars: int) -> JobPlan:
+    if (job.text is None) == (job.segments is None):
+        raise InputError("give exactly one of text or segments")
+    warnings: list[str] = []
+    if job.text is not None:
+        segments = [_segment("", job.text, VoiceFields(), job, default_model, warnings)]
+    else:
+        if not job.segments:
+            raise InputError("segments is empty: give at least one {text, ...}")
+        segments = [
+            _segment(f"segments[{i}]: ", s.text, s, job, default_model, warnings) for i, s in enumerate(job.segments)
+        ]
+    total = sum(len(s.text) for s in segments)
+    if total > max_chars:
+        raise InputError(
+            f"text is {total} characters; this worker takes at most {max_chars} per job "
+            "(QWEN_TTS_MAX_CHARS). Split it into several jobs."
+        )
+    return JobPlan(
+        segments=segments,
+        output_format=job.output_format,
+        sample_rate=job.sample_rate,
+        loudness_lufs=job.loudness_lufs,
+        delivery=job.delivery,
+        stream=job.stream,
+        seed=job.seed,
+        sampling=job.params.sampling(),
+        max_new_tokens=job.params.max_new_tokens,
+        warnings=list(dict.fromkeys(warnings)),
+    )

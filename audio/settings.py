@@ -1,0 +1,112 @@
+"""The worker's configuration, read once from the environment at the edge and passed inward as plain values."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from audio.catalog import DEFAULT_MODEL, find_model
+from audio.delivery import S3Config
+
+DEFAULT_MODEL_DIR = "/runpod-volume/models"
+RUNPOD_HF_CACHE = "/runpod-volume/huggingface-cache/hub"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _model_name(raw: str, variable: str) -> str:
+    variant = find_model(raw)
+    if variant is None:
+        raise ValueError(f"{variable}={raw!r} is not a known model")
+    return variant.name
+
+
+def _hf_cache_dirs(env: Mapping[str, str]) -> tuple[Path, ...]:
+    dirs = []
+    if env.get("HF_HUB_CACHE"):
+        dirs.append(Path(env["HF_HUB_CACHE"]))
+    if env.get("HF_HOME"):
+        dirs.append(Path(env["HF_HOME"]) / "hub")
+    dirs.append(Path(RUNPOD_HF_CACHE))
+    dirs.append(Path.home() / ".cache" / "huggingface" / "hub")
+    return tuple(dict.fromkeys(dirs))
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_dir: Path = Path(DEFAULT_MODEL_DIR)
+    hf_cache_dirs: tuple[Path, ...] = (Path(RUNPOD_HF_CACHE),)
+    default_model: str = DEFAULT_MODEL
+    device: str = "auto"  # auto | cuda | cuda:N | cpu
+    dtype: str = "auto"  # auto | bfloat16 | float16 | float32
+    max_loaded_models: int = 2
+    preload: tuple[str, ...] = (DEFAULT_MODEL,)
+    max_chars: int = 50_000
+    max_batch: int = 8
+    max_retries: int = 2
+    chunk_target_chars: int = 150
+    chunk_max_chars: int = 250
+    crossfade_ms: float = 40.0
+    edge_pad_ms: float = 60.0
+    silence_threshold_db: float = -50.0
+    # Plausible speech rate bounds for a chunk's duration check, in seconds per unit of text weight.
+    min_s_per_char: float = 0.02
+    max_s_per_char: float = 0.25
+    duration_slack_s: float = 2.0
+    max_inline_bytes: int = 19_000_000
+    s3: S3Config | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        default_model = _model_name(env.get("QWEN_TTS_DEFAULT_MODEL") or DEFAULT_MODEL, "QWEN_TTS_DEFAULT_MODEL")
+        preload_raw = env.get("QWEN_TTS_PRELOAD")
+        if preload_raw is None:
+            preload: tuple[str, ...] = (default_model,)
+        elif preload_raw.strip().lower() in ("", "none", "0", "false"):
+            preload = ()
+        else:
+            preload = tuple(
+                _model_name(p, "QWEN_TTS_PRELOAD") for p in preload_raw.replace(";", ",").split(",") if p.strip()
+            )
+        target = _int(env, "QWEN_TTS_CHUNK_TARGET_CHARS", 150, minimum=20)
+        return cls(
+            model_dir=Path(env.get("QWEN_TTS_MODEL_DIR") or DEFAULT_MODEL_DIR),
+            hf_cache_dirs=_hf_cache_dirs(env),
+            default_model=default_model,
+            device=(env.get("QWEN_TTS_DEVICE") or "auto").strip().lower(),
+            dtype=(env.get("QWEN_TTS_DTYPE") or "auto").strip().lower(),
+            max_loaded_models=_int(env, "QWEN_TTS_MAX_LOADED_MODELS", 2, minimum=1),
+            preload=preload,
+            max_chars=_int(env, "QWEN_TTS_MAX_CHARS", 50_000, minimum=1),
+            max_batch=_int(env, "QWEN_TTS_MAX_BATCH", 8, minimum=1),
+            max_retries=_int(env, "QWEN_TTS_MAX_RETRIES", 2),
+            chunk_target_chars=target,
+            chunk_max_chars=_int(env, "QWEN_TTS_CHUNK_MAX_CHARS", max(250, target), minimum=target),
+            crossfade_ms=_float(env, "QWEN_TTS_CROSSFADE_MS", 40.0),
+            min_s_per_char=_float(env, "QWEN_TTS_MIN_SECONDS_PER_CHAR", 0.02),
+            max_s_per_char=_float(env, "QWEN_TTS_MAX_SECONDS_PER_CHAR", 0.25),
+            max_inline_bytes=_int(env, "QWEN_TTS_MAX_INLINE_BYTES", 19_000_000, minimum=1),
+            s3=S3Config.from_env(env),
+        )

@@ -1,0 +1,195 @@
+"""One worker's job flow: validate → generate → level/resample → join → encode → deliver, plus info actions.
+
+A `Worker` holds what lives as long as the process (settings, the model cache, the S3 client). It raises the
+typed errors of `audio.errors`; `handler.py` alone turns them into the contract's error objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from audio import catalog, encoders, joiner, postprocess
+from audio.delivery import Deliverer
+from audio.errors import InputError
+from audio.generator import Generator, GeneratorConfig, SpeechModel, Synthesis
+from audio.model_loader import ModelCache, find_model_path, versions
+from audio.quality import QualityLimits
+from audio.schema import INFO_ACTIONS, JobPlan, parse_job, plan_job
+from audio.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+
+
+def generator_config(settings: Settings) -> GeneratorConfig:
+    return GeneratorConfig(
+        max_batch=settings.max_batch,
+        max_retries=settings.max_retries,
+        chunk_target_chars=settings.chunk_target_chars,
+        chunk_max_chars=settings.chunk_max_chars,
+        crossfade_ms=settings.crossfade_ms,
+        edge_pad_ms=settings.edge_pad_ms,
+        limits=QualityLimits(
+            silence_threshold_db=settings.silence_threshold_db,
+            min_s_per_char=settings.min_s_per_char,
+            max_s_per_char=settings.max_s_per_char,
+            slack_s=settings.duration_slack_s,
+        ),
+    )
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        models: ModelCache | None = None,
+        get_model: Callable[[str], SpeechModel] | None = None,
+    ):
+        self.settings = settings
+        self.models = models or ModelCache(settings)
+        # Tests may wrap the real models (failure injection, call counting); production uses the cache.
+        self.generator = Generator(get_model or self.models.get, generator_config(settings))
+        self.deliverer = Deliverer(settings.s3, settings.max_inline_bytes)
+        self.started_at = time.time()
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    def preload(self) -> None:
+        """Load and warm the configured models before taking jobs; raises ModelError if one can't load."""
+        for name in self.settings.preload:
+            started = time.perf_counter()
+            model = self.models.get(name)
+            variant = catalog.MODELS[name]
+            voice_fields: dict[str, Any] = {"model": name, "text": "Hello.", "params": {"max_new_tokens": 4}}
+            if variant.kind == catalog.VOICE_DESIGN:
+                voice_fields["instruct"] = "A clear, neutral voice."
+            if variant.kind != catalog.BASE:  # a clone warm-up would need a reference recording
+                plan = plan_job(parse_job(voice_fields), default_model=name, max_chars=self.settings.max_chars)
+                self.generator.run(plan)
+            log.info(
+                "preloaded %s (sample rate %d) in %.1fs",
+                name,
+                model.sample_rate,
+                time.perf_counter() - started,
+            )
+
+    # -- jobs -----------------------------------------------------------------------------------------------
+    def handle(self, job_input: Any, job_id: str, on_progress: ProgressFn | None = None) -> dict[str, Any]:
+        if isinstance(job_input, dict) and job_input.get("action") in INFO_ACTIONS:
+            extra = set(job_input) - {"action"}
+            if extra:
+                raise InputError(f"unknown field(s) for action {job_input['action']}: {', '.join(sorted(extra))}")
+            return self.info(job_input["action"])
+        plan = plan_job(
+            parse_job(job_input), default_model=self.settings.default_model, max_chars=self.settings.max_chars
+        )
+        return self.synthesize(plan, job_id, on_progress)
+
+    def synthesize(self, plan: JobPlan, job_id: str, on_progress: ProgressFn | None = None) -> dict[str, Any]:
+        if plan.output_format not in encoders.available_formats():
+            encoders.encode(np.zeros(1, dtype=np.float32), 24000, plan.output_format)  # raises the clear error
+        started = time.perf_counter()
+        synthesis = self.generator.run(plan, on_progress=on_progress)
+        samples, sample_rate = self.finish(synthesis, plan)
+        audio = encoders.encode(samples, sample_rate, plan.output_format)
+        result = self.deliverer.deliver(
+            audio,
+            fmt=plan.output_format,
+            content_type=encoders.CONTENT_TYPES[plan.output_format],
+            job_id=job_id,
+            mode=plan.delivery,
+        )
+        elapsed = time.perf_counter() - started
+        duration_s = len(samples) / sample_rate
+        models = plan.models
+        metadata: dict[str, Any] = {
+            "duration_seconds": round(duration_s, 3),
+            "sample_rate": sample_rate,
+            "format": plan.output_format,
+            "model": models[0] if len(models) == 1 else ", ".join(models),
+            "num_segments": len(plan.segments),
+            "num_chunks": synthesis.num_chunks,
+            "retries": synthesis.retries,
+            "size_bytes": len(audio),
+            "generation_time_seconds": round(elapsed, 3),
+            "realtime_factor": round(duration_s / elapsed, 3) if elapsed > 0 else None,
+            "seed": synthesis.seed,
+        }
+        if plan.warnings:
+            metadata["warnings"] = plan.warnings
+        log.info(
+            "job %s: %d segment(s), %d chunk(s), %.1fs audio in %.1fs (%d retries)",
+            job_id,
+            len(plan.segments),
+            synthesis.num_chunks,
+            duration_s,
+            elapsed,
+            synthesis.retries,
+        )
+        return {**result, "metadata": metadata}
+
+    @staticmethod
+    def finish(synthesis: Synthesis, plan: JobPlan) -> tuple[np.ndarray, int]:
+        """Segments at the output rate, each levelled (so speakers match), joined with their pauses."""
+        rate = plan.sample_rate or synthesis.sample_rate
+        segments = []
+        for segment in synthesis.segments:
+            audio = postprocess.resample(segment, synthesis.sample_rate, rate)
+            if plan.loudness_lufs is not None:
+                audio = postprocess.normalize_loudness(audio, rate, plan.loudness_lufs)
+            segments.append([audio])
+        pauses = [int(rate * ms / 1000.0) for ms in synthesis.pauses_ms]
+        return joiner.join(segments, pauses, crossfade=0), rate
+
+    # -- info actions -----------------------------------------------------------------------------------------
+    def info(self, action: str) -> dict[str, Any]:
+        if action == "health":
+            runtime = self.models.runtime
+            return {
+                "status": "ok",
+                "device": runtime.device,
+                "dtype": runtime.dtype,
+                "attention": runtime.attention,
+                "loaded_models": self.models.loaded(),
+                "default_model": self.settings.default_model,
+                "output_formats": encoders.available_formats(),
+                "s3_configured": self.deliverer.s3_configured,
+                "uptime_seconds": round(time.time() - self.started_at, 1),
+                "versions": versions(),
+            }
+        if action == "voices":
+            return {
+                "custom_voice": [
+                    {"name": s.name, "native_language": s.native_language, "description": s.description}
+                    for s in catalog.SPEAKERS.values()
+                ],
+                "aliases": catalog.VOICE_ALIASES,
+                "default": catalog.DEFAULT_VOICE,
+                "voice_design": "describe the voice in `instruct` (model 1.7B-VoiceDesign)",
+                "base": "clone from `ref_audio` + `ref_text`, or `x_vector_only: true` (models 1.7B-Base, 0.6B-Base)",
+            }
+        if action == "languages":
+            return {"languages": list(catalog.LANGUAGES), "codes": catalog.LANGUAGE_CODES}
+        if action == "models":
+            return {
+                "models": [
+                    {
+                        "name": v.name,
+                        "id": v.repo_id,
+                        "kind": v.kind,
+                        "size": v.size,
+                        "instruct": v.honours_instruct,
+                        "present": find_model_path(v, self.settings) is not None,
+                        "loaded": v.name in self.models.loaded(),
+                    }
+                    for v in catalog.MODELS.values()
+                ],
+                "default": self.settings.default_model,
+            }
+        raise InputError(f"unknown action {action!r}: use synthesize, {', '.join(INFO_ACTIONS)}")

@@ -1,0 +1,332 @@
+#!/usr/bin/env python3
+"""Build tiny, randomly initialised Qwen3-TTS checkpoints offline, from qwen_tts's own classes.
+
+Every variant is written under its real directory name (`Qwen3-TTS-12Hz-1.7B-CustomVoice`, ...) in the given
+model dir, with a real `speech_tokenizer/` and text tokenizer, so the worker's loader and all of qwen_tts's
+generation code run unchanged. The audio is noise; the shapes, rates and code paths are real: 12.5 frames/s,
+1920 samples per frame at 24 kHz, 16 codebooks of 2048.
+
+EOS is "dead" by default: the talker's EOS logit is pinned at 0 while every other logit is large, so top-k
+sampling never picks it and a generation yields exactly `max_new_tokens` frames (exact sample counts in
+tests). `--live-eos` makes EOS a frequent pick instead, for tests that need random lengths.
+
+    python scripts/build_tiny_checkpoint.py --model-dir models/tiny [--seed 0] [--live-eos]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from audio.catalog import CUSTOM_VOICE, MODELS, SPEAKERS, ModelVariant  # noqa: E402
+
+BUILD_VERSION = 1  # bump when the layout below changes, so cached builds are rebuilt
+
+# Text vocabulary: 256 byte tokens, a few merges, then the special tokens the model addresses by id.
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|tts_pad|>", "<|tts_bos|>", "<|tts_eos|>"]
+TEXT_VOCAB_SIZE = 512
+
+CODEC_VOCAB_SIZE = 3072  # as in the real talker: 2048 codes, then control, language and speaker ids
+CODEBOOK_SIZE = 2048
+NUM_CODE_GROUPS = 16
+CODEC_IDS = {
+    "codec_pad_id": 2148,
+    "codec_bos_id": 2149,
+    "codec_eos_token_id": 2150,
+    "codec_think_id": 2154,
+    "codec_nothink_id": 2155,
+    "codec_think_bos_id": 2156,
+    "codec_think_eos_id": 2157,
+}
+LANGUAGE_IDS = {
+    "chinese": 2055,
+    "english": 2050,
+    "german": 2053,
+    "italian": 2070,
+    "portuguese": 2071,
+    "spanish": 2054,
+    "japanese": 2058,
+    "korean": 2064,
+    "french": 2061,
+    "russian": 2069,
+    "beijing_dialect": 2074,
+    "sichuan_dialect": 2062,
+}
+DIALECTS = {"dylan": "beijing_dialect", "eric": "sichuan_dialect"}
+
+HIDDEN = 32  # talker hidden size; the speaker encoder's output must match it
+GENERATION_CONFIG = {
+    "do_sample": True,
+    "repetition_penalty": 1.05,
+    "temperature": 0.9,
+    "top_p": 1.0,
+    "top_k": 50,
+    "subtalker_dosample": True,
+    "subtalker_temperature": 0.9,
+    "subtalker_top_p": 1.0,
+    "subtalker_top_k": 50,
+    "max_new_tokens": 8192,
+}
+
+
+def _text_tokenizer():
+    """A byte-level BPE with Qwen2's pre-tokenizer whose merges make `assistant` one token.
+
+    qwen_tts slices prompts by position (`<|im_start|>assistant\\n` = 3 tokens), so that must hold here.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2TokenizerFast
+
+    qwen2_split = (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+        r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+    )
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(qwen2_split), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TEXT_VOCAB_SIZE - len(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = ["assistant user system"] * 50 + ["Hello world. The quick brown fox jumps over the lazy dog."] * 5
+    tok.train_from_iterator(corpus, trainer=trainer)
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    return Qwen2TokenizerFast(
+        tokenizer_object=tok,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def _variant_config(variant: ModelVariant, special_ids: dict[str, int]) -> dict:
+    talker = {
+        "vocab_size": CODEC_VOCAB_SIZE,
+        "hidden_size": HIDDEN,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "max_position_embeddings": 32768,
+        "rope_scaling": {"rope_type": "default", "mrope_section": [4, 2, 2], "interleaved": True},
+        "num_code_groups": NUM_CODE_GROUPS,
+        "text_hidden_size": 32,
+        "text_vocab_size": TEXT_VOCAB_SIZE,
+        "code_predictor_config": {
+            "vocab_size": CODEBOOK_SIZE,
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 8,
+            "num_code_groups": NUM_CODE_GROUPS,
+            "max_position_embeddings": 65536,
+        },
+        "codec_language_id": LANGUAGE_IDS,
+        **CODEC_IDS,
+    }
+    if variant.kind == CUSTOM_VOICE:
+        talker["spk_id"] = {key: 3000 + i for i, key in enumerate(SPEAKERS)}
+        talker["spk_is_dialect"] = {key: DIALECTS.get(key, False) for key in SPEAKERS}
+    else:
+        talker["spk_id"] = {}
+        talker["spk_is_dialect"] = {}
+    return {
+        "architectures": ["Qwen3TTSForConditionalGeneration"],
+        "model_type": "qwen3_tts",
+        "tokenizer_type": "qwen3_tts_tokenizer_12hz",
+        "tts_model_size": "1b7" if variant.size == "1.7B" else "0b6",
+        "tts_model_type": variant.kind,
+        "talker_config": talker,
+        "speaker_encoder_config": {
+            "mel_dim": 128,  # qwen_tts computes 128 mel bins itself
+            "enc_dim": HIDDEN,
+            "enc_channels": [16, 16, 16, 16, 48],
+            "enc_kernel_sizes": [5, 3, 3, 3, 1],
+            "enc_dilations": [1, 2, 3, 4, 1],
+            "enc_attention_channels": 8,
+            "enc_res2net_scale": 2,
+            "enc_se_channels": 8,
+            "sample_rate": 24000,
+        },
+        "im_start_token_id": special_ids["<|im_start|>"],
+        "im_end_token_id": special_ids["<|im_end|>"],
+        "tts_pad_token_id": special_ids["<|tts_pad|>"],
+        "tts_bos_token_id": special_ids["<|tts_bos|>"],
+        "tts_eos_token_id": special_ids["<|tts_eos|>"],
+    }
+
+
+def _speech_tokenizer_config() -> dict:
+    return {
+        "model_type": "qwen3_tts_tokenizer_12hz",
+        "architectures": ["Qwen3TTSTokenizerV2Model"],
+        "encoder_valid_num_quantizers": NUM_CODE_GROUPS,
+        "input_sample_rate": 24000,
+        "output_sample_rate": 24000,
+        "decode_upsample_rate": 1920,
+        "encode_downsample_rate": 1920,
+        "encoder_config": {
+            "sampling_rate": 24000,
+            "frame_rate": 12.5,
+            "audio_channels": 1,
+            "hidden_size": 16,
+            "num_filters": 4,
+            "num_residual_layers": 1,
+            "upsampling_ratios": [8, 6, 5, 4],
+            "kernel_size": 7,
+            "last_kernel_size": 3,
+            "residual_kernel_size": 3,
+            "dilation_growth_rate": 2,
+            "compress": 2,
+            "trim_right_ratio": 1.0,
+            "codebook_size": CODEBOOK_SIZE,
+            "codebook_dim": 16,
+            "num_quantizers": NUM_CODE_GROUPS,
+            "num_semantic_quantizers": 1,
+            "vector_quantization_hidden_dimension": 16,
+            "upsample_groups": 16,
+            "num_hidden_layers": 1,
+            "intermediate_size": 32,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "head_dim": 8,
+            "max_position_embeddings": 8000,
+            "sliding_window": 250,
+            "use_causal_conv": True,
+            "use_streaming": False,
+        },
+        "decoder_config": {
+            "codebook_size": CODEBOOK_SIZE,
+            "codebook_dim": 16,
+            "hidden_size": 16,
+            "latent_dim": 16,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "head_dim": 8,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_quantizers": NUM_CODE_GROUPS,
+            "sliding_window": 72,
+            "upsample_rates": [8, 5, 4, 3],
+            "upsampling_ratios": [2, 2],
+            "decoder_dim": 32,
+            "max_position_embeddings": 8000,
+        },
+    }
+
+
+def _shape_talker_head(model, live_eos: bool) -> None:
+    """Make EOS dead (never in the top-k) or live (often the arg-max), see the module docstring."""
+    import torch
+
+    eos = CODEC_IDS["codec_eos_token_id"]
+    with torch.no_grad():
+        head = model.talker.codec_head.weight
+        head.mul_(50.0)  # spread the logits: the 50 best are far above 0
+        if live_eos:
+            head[eos] = head[eos] * 1.8
+        else:
+            head[eos].zero_()
+
+
+def build_speech_tokenizer(dest: Path, seed: int) -> None:
+    import torch
+    from qwen_tts.core.tokenizer_12hz.configuration_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Config
+    from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Model
+    from transformers import EncodecFeatureExtractor
+
+    torch.manual_seed(seed)
+    config = Qwen3TTSTokenizerV2Config(**_speech_tokenizer_config())
+    model = Qwen3TTSTokenizerV2Model(config).eval()
+    with torch.no_grad():
+        # Codebooks start as zeros (they are learned running sums): every code would decode to silence.
+        for name, param in model.named_parameters():
+            if name.endswith(("embedding_sum", "embed_sum")):
+                param.normal_(0.0, 1.0)
+        # The default 0.02-std init shrinks the signal ~10x per upsampling block: rescale the vocoder's
+        # convolutions to keep unit variance, then set the last one so the noise sits near -20 dBFS.
+        for module in model.decoder.modules():
+            if isinstance(module, (torch.nn.Conv1d, torch.nn.ConvTranspose1d)):
+                fan_in = module.weight[0].numel() if isinstance(module, torch.nn.Conv1d) else module.weight.shape[0]
+                module.weight.normal_(0.0, fan_in**-0.5)
+        last = model.decoder.decoder[-1].conv
+        codes = torch.randint(0, CODEBOOK_SIZE, (1, NUM_CODE_GROUPS, 8), generator=torch.Generator().manual_seed(seed))
+        for _ in range(4):  # the output is clamped to [-1, 1], so converge rather than scale once
+            rms = float(model.decoder(codes).pow(2).mean().sqrt())
+            last.weight.mul_(0.1 / max(rms, 1e-6))
+    model.save_pretrained(dest)
+    EncodecFeatureExtractor(feature_size=1, sampling_rate=24000, padding_value=0.0).save_pretrained(dest)
+
+
+def build_variant(variant: ModelVariant, dest: Path, speech_tokenizer: Path, seed: int, live_eos: bool) -> None:
+    import torch
+    from qwen_tts.core.models import Qwen3TTSConfig, Qwen3TTSForConditionalGeneration, Qwen3TTSProcessor
+
+    tokenizer = _text_tokenizer()
+    special_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    torch.manual_seed(seed)
+    config_dict = _variant_config(variant, special_ids)
+    model = Qwen3TTSForConditionalGeneration(Qwen3TTSConfig(**config_dict)).eval()
+    _shape_talker_head(model, live_eos)
+    model.save_pretrained(dest)
+    # save_pretrained serialises sub-configs with keys (model_type, ...) their classes don't accept back;
+    # the published checkpoints carry the plain dict, so write that.
+    (dest / "config.json").write_text(json.dumps(config_dict, indent=2))
+    Qwen3TTSProcessor(tokenizer=tokenizer).save_pretrained(dest)
+    (dest / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2))
+    shutil.copytree(speech_tokenizer, dest / "speech_tokenizer", dirs_exist_ok=True)
+
+
+def build(model_dir: Path, *, seed: int = 0, live_eos: bool = False, names: list[str] | None = None) -> Path:
+    """Build the tiny variants into `model_dir`; a build with the same stamp already there is reused."""
+    model_dir = Path(model_dir)
+    stamp = {"version": BUILD_VERSION, "seed": seed, "live_eos": live_eos, "models": sorted(names or MODELS)}
+    stamp_file = model_dir / "tiny-checkpoint.json"
+    if stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp:
+        return model_dir
+    model_dir.mkdir(parents=True, exist_ok=True)
+    speech_tokenizer = model_dir / ".speech_tokenizer_build"
+    build_speech_tokenizer(speech_tokenizer, seed)
+    for name in stamp["models"]:
+        variant = MODELS[name]
+        dest = model_dir / variant.dir_name
+        if dest.exists():
+            shutil.rmtree(dest)
+        # Each variant gets its own seed offset so two kinds are not the same network.
+        build_variant(variant, dest, speech_tokenizer, seed + list(MODELS).index(name), live_eos)
+    shutil.rmtree(speech_tokenizer)
+    stamp_file.write_text(json.dumps(stamp))
+    return model_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, required=True, help="where the variant directories go")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--live-eos", action="store_true", help="let generations stop at random lengths")
+    parser.add_argument("--models", nargs="*", choices=sorted(MODELS), help="default: all five")
+    args = parser.parse_args(argv)
+    out = build(args.model_dir, seed=args.seed, live_eos=args.live_eos, names=args.models)
+    print(f"tiny checkpoints ready in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -200,13 +200,15 @@ class Generator:
         budgets = [frame_budget(c.weight, frame_rate, limits) for c in batch]
         user_cap = plan.max_new_tokens
         if user_cap is not None:
-            budgets = [min(b, user_cap) for b in budgets]
+            budgets = [max(1, min(b, user_cap - 1)) for b in budgets]
         wavs = model.generate(
             [c.text for c in batch],
             language=language,
             voice=voice,
             seed=seed,
-            max_new_tokens=max(budgets),
+            # qwen_tts keeps one frame fewer than it samples tokens: a step's residual codebooks are
+            # predicted on the next step, so the last token never becomes audio.
+            max_new_tokens=max(budgets) + 1,
             params=plan.sampling,
             clone_prompt=prompt,
         )
@@ -219,7 +221,7 @@ class Generator:
                 text_weight=chunk.weight,
                 frames=frames,
                 budget_frames=budget,
-                user_capped=user_cap is not None and budget == user_cap,
+                user_capped=user_cap is not None and budget == max(1, user_cap - 1),
                 limits=limits,
             )
             if reason is None:

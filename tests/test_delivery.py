@@ -12,7 +12,7 @@ import requests
 
 from audio.delivery import Deliverer, S3Config, object_key
 from audio.errors import DeliveryError, InputError, PayloadTooLargeError
-from tests.s3server import S3Server, free_port, s3_server_fixture  # noqa: F401  (provides `s3_server`)
+from tests.s3server import S3Server, free_port
 
 AK = "AKIAEXAMPLEKEY000001"
 SK = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"

@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny real checkpoints (built once, cached under .cache/), workers on them, a real S3 server."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pytest
+
+# Tiny models are launch-bound: one thread avoids spin-wait contention on small CI machines.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from audio.model_loader import ModelCache
+from audio.settings import Settings
+from audio.worker import Worker
+from scripts.build_tiny_checkpoint import build
+from tests.s3server import s3_server_fixture  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("QWEN_TTS_TEST_CACHE", ROOT / ".cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """All five variants, EOS dead: every generation is exactly max_new_tokens - 1 frames long."""
+    return build(CACHE / "tiny-models", seed=0)
+
+
+@pytest.fixture(scope="session")
+def live_eos_model_dir() -> Path:
+    """A CustomVoice variant whose generations stop at random lengths."""
+    return build(CACHE / "tiny-models-live-eos", seed=0, live_eos=True, names=["0.6B-CustomVoice"])
+
+
+@pytest.fixture(scope="session")
+def make_settings(tiny_model_dir: Path) -> Callable[..., Settings]:
+    def make(env: Mapping[str, str] | None = None, **overrides: str) -> Settings:
+        base = {
+            "QWEN_TTS_MODEL_DIR": str(tiny_model_dir),
+            "QWEN_TTS_PRELOAD": "none",
+            "QWEN_TTS_MAX_LOADED_MODELS": "5",
+            "HF_HOME": str(CACHE / "no-hf-home"),
+        }
+        return Settings.from_env({**base, **(env or {}), **overrides})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def model_cache(make_settings) -> ModelCache:
+    """One cache for the session: each tiny model is loaded once."""
+    return ModelCache(make_settings())
+
+
+@pytest.fixture
+def make_worker(make_settings, model_cache) -> Callable[..., Worker]:
+    def make(env: Mapping[str, str] | None = None, get_model=None) -> Worker:
+        return Worker(make_settings(env), models=model_cache, get_model=get_model)
+
+    return make
+
+
+@pytest.fixture
+def worker(make_worker) -> Worker:
+    return make_worker()

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up a Python environment for the worker: `scripts/setup.sh [--dev] [VENV_DIR]`.
+# Installs ffmpeg/sox when apt is available and they are missing, the pinned requirements, then qwen-tts
+# without its dependency list (see requirements.txt for why). Idempotent: a second run changes nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dev=0
+if [[ "${1:-}" == "--dev" ]]; then dev=1; shift; fi
+venv="${1:-.venv}"
+
+if command -v apt-get >/dev/null 2>&1 && { ! command -v ffmpeg >/dev/null || ! command -v sox >/dev/null; }; then
+  sudo_cmd=""; [[ $(id -u) -ne 0 ]] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq ffmpeg sox >/dev/null
+fi
+
+python3 -m venv "$venv"
+pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+"${pip[@]}" -r requirements.txt
+"${pip[@]}" --no-deps qwen-tts==0.1.1
+if [[ $dev -eq 1 ]]; then "${pip[@]}" -r requirements-dev.txt; fi
+"$venv/bin/python" -c "import qwen_tts, torch, runpod; print('environment ready: torch', torch.__version__)" 2>/dev/null \
+  | grep 'environment ready'

@@ -1,0 +1,184 @@
+"""End to end through `handler`: the real qwen_tts generation code on tiny checkpoints, for every model kind."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from audio.settings import Settings
+from audio.worker import Worker
+from handler import make_handler
+
+FRAME = 1920  # samples per 12.5 Hz codec frame at 24 kHz
+
+
+def wav_b64(seconds: float = 2.0, rate: int = 16000, freq: float = 220.0) -> str:
+    t = np.arange(int(seconds * rate)) / rate
+    buf = io.BytesIO()
+    sf.write(buf, 0.3 * np.sin(2 * np.pi * freq * t), rate, format="WAV", subtype="PCM_16")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+REF = wav_b64()
+
+KINDS = [
+    pytest.param({"model": "1.7B-CustomVoice", "voice": "Vivian", "instruct": "cheerful"}, id="custom-voice-1.7B"),
+    pytest.param({"model": "0.6B-CustomVoice", "voice": "sohee", "language": "ko"}, id="custom-voice-0.6B"),
+    pytest.param({"model": "1.7B-VoiceDesign", "instruct": "A warm, low voice."}, id="voice-design"),
+    pytest.param({"model": "1.7B-Base", "ref_audio": REF, "ref_text": "A reference sentence."}, id="base-icl-clone"),
+    pytest.param({"model": "0.6B-Base", "ref_audio": REF, "x_vector_only": True}, id="base-xvector-clone"),
+    pytest.param(
+        {"model": "Qwen/Qwen3-TTS-12Hz-1.7B-Base", "ref_audio": "data:audio/wav;base64," + REF, "ref_text": "Hi."},
+        id="base-data-uri-full-id",
+    ),
+]
+
+
+def run(worker, job_input: dict, job_id: str = "job-1") -> dict:
+    return make_handler(worker)({"id": job_id, "input": job_input})
+
+
+def decode(result: dict) -> tuple[bytes, np.ndarray, sf._SoundFileInfo]:
+    data = base64.b64decode(result["audio_base64"])
+    info = sf.info(io.BytesIO(data))
+    samples, _ = sf.read(io.BytesIO(data), dtype="int16")
+    return data, samples, info
+
+
+@pytest.mark.parametrize("fields", KINDS)
+def test_every_kind_speaks_exact_length_wav(worker, fields):
+    result = run(worker, {"text": "Hello there, world.", "seed": 7, "params": {"max_new_tokens": 9}, **fields})
+    data, samples, info = decode(result)
+    assert data[:4] == b"RIFF" and data[8:12] == b"WAVE"
+    assert (info.samplerate, info.channels, info.subtype) == (24000, 1, "PCM_16")
+    assert len(samples) == 8 * FRAME  # qwen_tts keeps max_new_tokens - 1 frames
+    meta = result["metadata"]
+    assert meta["duration_seconds"] == pytest.approx(8 * FRAME / 24000)
+    assert (meta["sample_rate"], meta["format"], meta["num_segments"], meta["num_chunks"], meta["retries"]) == (
+        24000,
+        "wav",
+        1,
+        1,
+        0,
+    )
+    assert meta["size_bytes"] == len(data)
+    assert meta["seed"] == 7
+    assert meta["model"] == fields["model"].removeprefix("Qwen/Qwen3-TTS-12Hz-")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({"model": "0.6B-CustomVoice"}, id="custom-voice"),
+        pytest.param({"model": "0.6B-Base", "ref_audio": REF, "ref_text": "A reference."}, id="base-clone"),
+    ],
+)
+def test_same_seed_same_bytes_other_seed_other_bytes(worker, fields):
+    job = {"text": "Reproducible speech.", "params": {"max_new_tokens": 6}, **fields}
+    first = run(worker, {**job, "seed": 11})["audio_base64"]
+    again = run(worker, {**job, "seed": 11})["audio_base64"]
+    other = run(worker, {**job, "seed": 12})["audio_base64"]
+    assert first == again
+    assert other != first
+
+
+def test_no_seed_reports_the_seed_that_reproduces_it(worker):
+    job = {"text": "Which seed?", "model": "0.6B-CustomVoice", "params": {"max_new_tokens": 4}}
+    first = run(worker, job)
+    again = run(worker, {**job, "seed": first["metadata"]["seed"]})
+    assert again["audio_base64"] == first["audio_base64"]
+
+
+def test_default_job_uses_ryan_on_the_default_model(make_worker):
+    worker = make_worker({"QWEN_TTS_DEFAULT_MODEL": "0.6B-CustomVoice"})
+    result = run(worker, {"text": "Default voice.", "params": {"max_new_tokens": 3}})
+    assert result["metadata"]["model"] == "0.6B-CustomVoice"
+    assert len(decode(result)[1]) == 2 * FRAME
+
+
+def test_small_customvoice_says_it_ignores_instruct(worker):
+    result = run(
+        worker, {"text": "Hi.", "model": "0.6B-CustomVoice", "instruct": "whisper", "params": {"max_new_tokens": 3}}
+    )
+    assert result["metadata"]["warnings"] == [
+        "model 0.6B-CustomVoice ignores instruct (only 1.7B-CustomVoice follows style instructions); it was not applied"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("ref_audio", "fragment"),
+    [
+        pytest.param("not base64 at all!", "neither valid base64", id="garbage"),
+        pytest.param(base64.b64encode(b"RIFF0000WAVEjunk").decode(), "could not be decoded", id="not-audio"),
+        pytest.param(wav_b64(seconds=0.3), "0.3 s long", id="too-short"),
+        pytest.param(wav_b64(seconds=2.0, freq=0.0), "silent", id="silent"),
+    ],
+)
+def test_bad_reference_audio_is_invalid_input(worker, ref_audio, fragment):
+    result = run(worker, {"text": "Hi.", "model": "0.6B-Base", "ref_audio": ref_audio, "x_vector_only": True})
+    assert result["error"]["code"] == "invalid_input"
+    assert fragment in result["error"]["message"]
+
+
+def test_missing_model_is_model_unavailable_with_fetch_command(tmp_path):
+    settings = Settings.from_env({"QWEN_TTS_MODEL_DIR": str(tmp_path), "HF_HOME": str(tmp_path / "hf")})
+    job = {"text": "Hi.", "model": "0.6B-Base", "ref_audio": REF, "x_vector_only": True}
+    result = run(Worker(settings), job)
+    assert result["error"]["code"] == "model_unavailable"
+    message = result["error"]["message"]
+    assert "0.6B-Base" in message
+    assert str(tmp_path) in message
+    assert "huggingface-cli download Qwen/Qwen3-TTS-12Hz-0.6B-Base" in message
+
+
+def test_unexpected_error_is_internal_without_traceback(make_worker):
+    def broken(name):
+        raise RuntimeError("CUDA error: device-side assert at /secret/path.py")
+
+    result = run(make_worker(get_model=broken), {"text": "Hi.", "model": "0.6B-CustomVoice"})
+    assert result == {
+        "error": {"code": "internal", "message": "the worker hit an unexpected error; the job can be retried"}
+    }
+
+
+def test_health_reports_runtime_and_loaded_models(worker):
+    run(worker, {"text": "Warm.", "model": "0.6B-CustomVoice", "params": {"max_new_tokens": 2}})
+    health = run(worker, {"action": "health"})
+    assert (health["status"], health["device"], health["dtype"], health["attention"]) == (
+        "ok",
+        "cpu",
+        "float32",
+        "sdpa",
+    )
+    assert "0.6B-CustomVoice" in health["loaded_models"]
+    assert health["versions"]["qwen-tts"] == "0.1.1"
+    assert {"wav", "flac", "mp3", "opus", "pcm"} <= set(health["output_formats"])
+
+
+def test_info_actions(worker):
+    voices = run(worker, {"action": "voices"})
+    assert [v["name"] for v in voices["custom_voice"]] == [
+        "Vivian", "Serena", "Uncle_Fu", "Dylan", "Eric", "Ryan", "Aiden", "Ono_Anna", "Sohee"
+    ]  # fmt: skip
+    assert voices["aliases"]["male_1"] == "Ryan"
+    languages = run(worker, {"action": "languages"})
+    assert languages["languages"][0] == "Auto" and len(languages["languages"]) == 11
+    assert languages["codes"]["pt"] == "Portuguese"
+    models = run(worker, {"action": "models"})["models"]
+    assert [(m["name"], m["kind"], m["size"], m["present"]) for m in models] == [
+        ("1.7B-CustomVoice", "custom_voice", "1.7B", True),
+        ("0.6B-CustomVoice", "custom_voice", "0.6B", True),
+        ("1.7B-Base", "base", "1.7B", True),
+        ("0.6B-Base", "base", "0.6B", True),
+        ("1.7B-VoiceDesign", "voice_design", "1.7B", True),
+    ]
+
+
+def test_info_action_rejects_extra_fields(worker):
+    result = run(worker, {"action": "voices", "text": "hi"})
+    assert result["error"]["code"] == "invalid_input"
+    assert "text" in result["error"]["message"]

@@ -8,6 +8,7 @@ worker's typed errors become the contract's `{"error": {"code", "message"}}`.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -51,6 +52,19 @@ def make_handler(worker: Worker, *, report_progress: bool = False) -> Handler:
     return handle
 
 
+def for_runpod(handle: Handler) -> Handler:
+    """RunPod's job API (and its local simulation) types a failed job's `error` as a string: send the
+    contract's error object JSON-encoded there, `{"status": "FAILED", "error": "{\"code\": ...}"}`."""
+
+    def wrapped(job: dict[str, Any]) -> dict[str, Any]:
+        result = handle(job)
+        if "error" in result:
+            return {"error": json.dumps(result["error"])}
+        return result
+
+    return wrapped
+
+
 _lock = threading.Lock()
 _handler: Handler | None = None
 
@@ -91,9 +105,12 @@ def main() -> int:
         log.error("preload failed, not taking jobs: %s", exc.message)
         return 1
 
+    # The runpod SDK logs each job's input and output at its default level, DEBUG: that would put callers'
+    # text and audio in the worker's logs.
+    os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
     import runpod
 
-    runpod.serverless.start({"handler": handler})
+    runpod.serverless.start({"handler": for_runpod(handler)})
     return 0
 
 

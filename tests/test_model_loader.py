@@ -1,0 +1,112 @@
+"""Model resolution (volume dir, HF cache layouts, sibling tokenizer), runtime choice and the LRU cache."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from audio.catalog import MODELS, TOKENIZER_DIR_NAME
+from audio.errors import ModelError
+from audio.model_loader import ModelCache, Voice, find_model_path, find_tokenizer_path, pick_runtime
+from audio.settings import Settings
+
+CV = MODELS["0.6B-CustomVoice"]
+
+
+def settings_for(tmp_path: Path, **env: str) -> Settings:
+    return Settings.from_env({"QWEN_TTS_MODEL_DIR": str(tmp_path / "volume"), "HF_HOME": str(tmp_path / "hf"), **env})
+
+
+def test_model_dir_layout_is_found_first(tiny_model_dir, tmp_path):
+    settings = settings_for(tmp_path, QWEN_TTS_MODEL_DIR=str(tiny_model_dir))
+    assert find_model_path(CV, settings) == tiny_model_dir / "Qwen3-TTS-12Hz-0.6B-CustomVoice"
+
+
+@pytest.mark.parametrize(
+    "hub",
+    [
+        pytest.param("hf/hub", id="HF_HOME-hub"),
+        pytest.param("runpod-cache/hub", id="HF_HUB_CACHE"),
+    ],
+)
+def test_hugging_face_cache_snapshot_is_found(tiny_model_dir, tmp_path, hub):
+    snapshot = tmp_path / hub / "models--Qwen--Qwen3-TTS-12Hz-0.6B-CustomVoice" / "snapshots" / "0123abcd"
+    snapshot.parent.mkdir(parents=True)
+    snapshot.symlink_to(tiny_model_dir / CV.dir_name, target_is_directory=True)
+    settings = settings_for(tmp_path, HF_HUB_CACHE=str(tmp_path / "runpod-cache/hub"))
+    assert find_model_path(CV, settings) == snapshot
+
+
+def test_runpod_cache_dir_is_searched_by_default():
+    assert Path("/runpod-volume/huggingface-cache/hub") in Settings.from_env({}).hf_cache_dirs
+
+
+def test_sibling_tokenizer_is_used_without_writing_to_the_volume(tiny_model_dir, tmp_path):
+    volume = tmp_path / "volume"
+    model = volume / CV.dir_name
+    shutil.copytree(tiny_model_dir / CV.dir_name, model, ignore=shutil.ignore_patterns("speech_tokenizer"))
+    shutil.copytree(tiny_model_dir / CV.dir_name / "speech_tokenizer", volume / TOKENIZER_DIR_NAME)
+    before = sorted(p.relative_to(volume) for p in volume.rglob("*"))
+    settings = settings_for(tmp_path)
+    assert find_tokenizer_path(model, settings) == volume / TOKENIZER_DIR_NAME
+
+    loaded = ModelCache(settings).get(CV.name)
+    wavs = loaded.generate(["Hi."], language="Auto", voice=Voice(speaker="Ryan"), seed=1, max_new_tokens=3, params={})
+    assert [len(w) for w in wavs] == [2 * loaded.frame_samples]
+    assert sorted(p.relative_to(volume) for p in volume.rglob("*")) == before
+
+
+def test_model_without_any_tokenizer_is_unavailable(tiny_model_dir, tmp_path):
+    volume = tmp_path / "volume"
+    shutil.copytree(
+        tiny_model_dir / CV.dir_name, volume / CV.dir_name, ignore=shutil.ignore_patterns("speech_tokenizer")
+    )
+    with pytest.raises(ModelError, match="has no speech tokenizer"):
+        ModelCache(settings_for(tmp_path)).get(CV.name)
+
+
+def test_corrupt_weights_are_model_unavailable(tiny_model_dir, tmp_path):
+    volume = tmp_path / "volume"
+    shutil.copytree(tiny_model_dir / CV.dir_name, volume / CV.dir_name)
+    (volume / CV.dir_name / "model.safetensors").write_bytes(b"truncated")
+    with pytest.raises(ModelError) as info:
+        ModelCache(settings_for(tmp_path)).get(CV.name)
+    assert info.value.code == "model_unavailable"
+    assert "could not be loaded" in info.value.message
+    assert "huggingface-cli download Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        pytest.param({}, ("cpu", "float32", "sdpa"), id="auto-on-cpu"),
+        pytest.param({"QWEN_TTS_DTYPE": "bfloat16"}, ("cpu", "bfloat16", "sdpa"), id="explicit-dtype"),
+        pytest.param({"QWEN_TTS_DEVICE": "cpu"}, ("cpu", "float32", "sdpa"), id="explicit-cpu"),
+    ],
+)
+def test_runtime_choice(env, expected):
+    runtime = pick_runtime(Settings.from_env(env))
+    assert (runtime.device, runtime.dtype, runtime.attention) == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        pytest.param({"QWEN_TTS_DEVICE": "cuda"}, "no CUDA device", id="cuda-without-gpu"),
+        pytest.param({"QWEN_TTS_DTYPE": "float8"}, "not one of auto", id="bad-dtype"),
+    ],
+)
+def test_impossible_runtime_is_model_unavailable(env, fragment):
+    with pytest.raises(ModelError, match=fragment):
+        pick_runtime(Settings.from_env(env))
+
+
+def test_lru_cache_keeps_at_most_the_limit_and_evicts_least_recent(tiny_model_dir, tmp_path):
+    cache = ModelCache(settings_for(tmp_path, QWEN_TTS_MODEL_DIR=str(tiny_model_dir), QWEN_TTS_MAX_LOADED_MODELS="2"))
+    first = cache.get("0.6B-CustomVoice")
+    cache.get("1.7B-VoiceDesign")
+    assert cache.get("0.6B-CustomVoice") is first  # a hit refreshes recency
+    cache.get("0.6B-Base")
+    assert cache.loaded() == ["0.6B-CustomVoice", "0.6B-Base"]

@@ -1,0 +1,135 @@
+"""The real worker process: `handler.py --test_input`, the runpod local API over HTTP, and preload failures."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+JOB = {"text": "Hello from the worker.", "seed": 5, "params": {"max_new_tokens": 5}}
+
+
+def worker_env(model_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUCKET_", "S3_", "RUNPOD_WEBHOOK"))}
+    env.update(
+        RUNPOD_SKIP_AUTO_SYSTEM_CHECKS="true",
+        RUNPOD_SKIP_GPU_CHECK="true",
+        QWEN_TTS_MODEL_DIR=str(model_dir),
+        QWEN_TTS_DEFAULT_MODEL="0.6B-CustomVoice",
+        HF_HOME=str(model_dir / "no-hf"),
+        OMP_NUM_THREADS="1",
+        **extra,
+    )
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_test_input_mode_runs_one_job(tiny_model_dir):
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "handler.py", "--test_input", json.dumps({"input": JOB})],
+        cwd=ROOT,
+        env=worker_env(tiny_model_dir),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    elapsed = time.perf_counter() - started
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    logs = proc.stdout + proc.stderr
+    assert "preloaded 0.6B-CustomVoice" in logs
+    assert "job local_test: 1 segment(s), 1 chunk(s), 0.3s audio" in logs
+    assert "Job local_test completed successfully." in logs
+    assert "Job result: {'output': {'audio_base64': 'UklGR" in logs  # base64 of b"RIFF"
+    assert JOB["text"] not in logs  # the SDK's DEBUG job dumps are off
+    print(f"cold start to first audio: {elapsed:.1f}s")
+
+
+def test_preload_failure_exits_non_zero_before_taking_jobs(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "handler.py"],
+        cwd=ROOT,
+        env=worker_env(tmp_path, QWEN_TTS_PRELOAD="0.6B-Base"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "preload failed, not taking jobs: model 0.6B-Base is not on this worker" in proc.stderr
+
+
+def test_bad_configuration_exits_non_zero(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "handler.py"],
+        cwd=ROOT,
+        env=worker_env(tmp_path, QWEN_TTS_MAX_BATCH="many"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "configuration error: QWEN_TTS_MAX_BATCH must be an integer, got 'many'" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def local_api(tiny_model_dir):
+    port = free_port()
+    log = open(tiny_model_dir.parent / f"local-api-{port}.log", "w+")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)],
+        cwd=ROOT,
+        env=worker_env(tiny_model_dir),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            pytest.fail(f"local API exited with {proc.returncode}: {log.read()[-2000:]}")
+        try:
+            requests.get(f"{url}/docs", timeout=1)
+            break
+        except requests.ConnectionError:
+            time.sleep(0.5)
+    else:
+        pytest.fail("local API did not come up")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+    log.close()
+
+
+def test_runsync_over_http_returns_audio(local_api):
+    reply = requests.post(f"{local_api}/runsync", json={"input": JOB}, timeout=120).json()
+    assert reply["status"] == "COMPLETED"
+    audio = base64.b64decode(reply["output"]["audio_base64"])
+    info = sf.info(io.BytesIO(audio))
+    assert (info.samplerate, info.frames) == (24000, 4 * 1920)
+    assert reply["output"]["metadata"]["num_chunks"] == 1
+
+
+def test_runsync_over_http_reports_invalid_input(local_api):
+    reply = requests.post(f"{local_api}/runsync", json={"input": {"text": "Hi.", "voice": "nobody"}}, timeout=60)
+    body = reply.json()
+    assert body["status"] == "FAILED"
+    error = json.loads(body["error"])  # RunPod's job API carries the error object as a JSON string
+    assert error["code"] == "invalid_input"
+    assert "unknown voice 'nobody'" in error["message"]

@@ -120,10 +120,15 @@ class Generator:
             groups.setdefault((seg.model.name, voices[chunk.segment].key(), seg.language), []).append(chunk)
 
         work = []
-        for (model_name, _, language), members in groups.items():
+        prompts: dict[tuple, Any] = {}  # a clone voice's prompt is built once per job, whatever the language
+        for (model_name, voice_key, language), members in groups.items():
             model = self.get_model(model_name)
             voice = voices[members[0].segment]
-            prompt = model.clone_prompt(voice) if voice.ref_audio is not None else None
+            prompt = None
+            if voice.ref_audio is not None:
+                if (model_name, voice_key) not in prompts:
+                    prompts[model_name, voice_key] = model.clone_prompt(voice)
+                prompt = prompts[model_name, voice_key]
             for batch in _batches(members, self.config.max_batch):
                 work.append((model, voice, language, prompt, batch))
 

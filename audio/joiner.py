@@ -13,18 +13,17 @@ import numpy as np
 def trim_edges(samples: np.ndarray, sample_rate: int, *, threshold_db: float, pad_ms: float) -> np.ndarray:
     """Cut leading/trailing audio quieter than `threshold_db` (peak, in 10 ms frames), keeping `pad_ms`."""
     frame = max(1, sample_rate // 100)
-    n_frames = len(samples) // frame
-    if n_frames == 0:
+    if len(samples) == 0:
         return samples
-    peaks = np.abs(samples[: n_frames * frame]).reshape(n_frames, frame).max(axis=1)
-    loud = np.flatnonzero(peaks >= 10.0 ** (threshold_db / 20.0))
+    n_frames = -(-len(samples) // frame)  # the last frame may be partial
+    padded = np.zeros(n_frames * frame, dtype=samples.dtype)
+    padded[: len(samples)] = np.abs(samples)
+    loud = np.flatnonzero(padded.reshape(n_frames, frame).max(axis=1) >= 10.0 ** (threshold_db / 20.0))
     if loud.size == 0:
         return samples
     pad = int(sample_rate * pad_ms / 1000.0)
     start = max(0, int(loud[0]) * frame - pad)
     end = min(len(samples), (int(loud[-1]) + 1) * frame + pad)
-    if loud[-1] == n_frames - 1:
-        end = len(samples)  # the tail past the last whole frame is not known to be silent
     return samples[start:end]
 
 

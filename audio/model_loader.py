@@ -84,7 +84,7 @@ def find_tokenizer_path(model_path: Path, settings: Settings) -> Path | None:
 def download_hint(variant: ModelVariant, settings: Settings) -> str:
     return (
         f"huggingface-cli download {variant.repo_id} --local-dir {settings.model_dir}/{variant.dir_name} "
-        f"(or: python scripts/download_models.py {variant.name})"
+        f"(or: python scripts/download_models.py {variant.name} --force)"
     )
 
 

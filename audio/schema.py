@@ -34,7 +34,7 @@ INFO_ACTIONS = ("health", "voices", "languages", "models")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
 class Params(_Strict):
@@ -80,26 +80,31 @@ class SynthesisJob(VoiceFields):
     action: Literal["synthesize"] = "synthesize"
     text: str | None = None
     segments: list[SegmentIn] | None = None
-    output_format: str = "wav"
+    output_format: str | None = None
     sample_rate: int | None = Field(default=None, ge=8000, le=48_000)
     loudness_lufs: float | None = Field(default=None, ge=-70, le=-5)
-    delivery: str = "auto"
-    stream: bool = False
+    delivery: str | None = None
+    stream: bool | None = None
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
-    params: Params = Field(default_factory=Params)
+    params: Params | None = None
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, value: Params | None) -> Params:
+        return value or Params()
 
     @field_validator("output_format")
     @classmethod
-    def _format(cls, value: str) -> str:
-        fmt = value.strip().lower()
+    def _format(cls, value: str | None) -> str:
+        fmt = (value or "wav").strip().lower()
         if fmt not in OUTPUT_FORMATS:
             raise ValueError(f"must be one of {', '.join(OUTPUT_FORMATS)}")
         return fmt
 
     @field_validator("delivery")
     @classmethod
-    def _delivery(cls, value: str) -> str:
-        mode = value.strip().lower()
+    def _delivery(cls, value: str | None) -> str:
+        mode = (value or "auto").strip().lower()
         if mode not in DELIVERY_MODES:
             raise ValueError(f"must be one of {', '.join(DELIVERY_MODES)}")
         return mode
@@ -183,54 +188,67 @@ def _model(raw: str | None, default_model: str) -> ModelVariant:
     return variant
 
 
+# What each model kind can't use. Given by the caller for this text, such a field is an error; inherited from
+# the job's top level by a segment of another kind (a podcast mixing preset and cloned voices), it is dropped.
+_UNUSED = {
+    CUSTOM_VOICE: ("ref_audio", "ref_text"),
+    VOICE_DESIGN: ("voice", "ref_audio", "ref_text"),
+    BASE: ("voice", "instruct"),
+}
+_UNUSED_MESSAGES = {
+    (CUSTOM_VOICE, "ref_audio"): "uses preset speakers; ref_audio/ref_text need a Base model (e.g. 1.7B-Base)",
+    (CUSTOM_VOICE, "ref_text"): "uses preset speakers; ref_audio/ref_text need a Base model (e.g. 1.7B-Base)",
+    (VOICE_DESIGN, "voice"): "has no preset voices; describe the voice in instruct instead",
+    (VOICE_DESIGN, "ref_audio"): "does not clone; ref_audio/ref_text need a Base model (e.g. 1.7B-Base)",
+    (VOICE_DESIGN, "ref_text"): "does not clone; ref_audio/ref_text need a Base model (e.g. 1.7B-Base)",
+    (BASE, "voice"): "clones a voice from ref_audio and has no preset voices; use a CustomVoice model for voice names",
+    (BASE, "instruct"): "does not take instruct; use 1.7B-CustomVoice or 1.7B-VoiceDesign",
+}
+
+
 def _segment(
     where: str, text: str, own: VoiceFields, job: SynthesisJob, default_model: str, warnings: list[str]
 ) -> SegmentPlan:
-    variant = _model(_pick(own.model, job.model), default_model)
-    voice = _pick(own.voice, job.voice)
-    instruct = _pick(own.instruct, job.instruct, job.params.instruct)
-    ref_audio = _pick(own.ref_audio, job.ref_audio)
-    ref_text = _pick(own.ref_text, job.ref_text)
-    x_vector_only = bool(_pick(own.x_vector_only, job.x_vector_only, False))
-    language = _language(_pick(own.language, job.language, job.params.language))
     if not text.strip():
         raise InputError(f"{where}text is empty")
+    variant = _model(_pick(own.model, job.model), default_model)
     prefix = f"{where}model {variant.name}"
+    fields = {
+        "voice": (own.voice, job.voice),
+        "instruct": (own.instruct, _pick(job.instruct, job.params.instruct)),
+        "ref_audio": (own.ref_audio, job.ref_audio),
+        "ref_text": (own.ref_text, job.ref_text),
+    }
+    values = {name: _pick(mine, inherited) for name, (mine, inherited) in fields.items()}
+    for name in _UNUSED[variant.kind]:
+        if fields[name][0] is not None:
+            raise InputError(f"{prefix} {_UNUSED_MESSAGES[variant.kind, name]}")
+        values[name] = None
+    voice, instruct, ref_audio, ref_text = (values[n] for n in ("voice", "instruct", "ref_audio", "ref_text"))
+    x_vector_only = bool(_pick(own.x_vector_only, job.x_vector_only, False))
+    language = _language(_pick(own.language, job.language, job.params.language))
 
     speaker = None
     if variant.kind == CUSTOM_VOICE:
-        if ref_audio is not None or ref_text is not None:
-            raise InputError(f"{prefix} uses preset speakers; ref_audio/ref_text need a Base model (e.g. 1.7B-Base)")
         speaker = resolve_voice(voice or DEFAULT_VOICE)
         if speaker is None:
             names = ", ".join(s.name for s in SPEAKERS.values())
             aliases = ", ".join(VOICE_ALIASES)
-            raise InputError(f"unknown voice {voice!r}: use one of {names} (aliases: {aliases})")
+            raise InputError(f"{where}unknown voice {voice!r}: use one of {names} (aliases: {aliases})")
         if instruct and not variant.honours_instruct:
             warnings.append(
-                f"{prefix} ignores instruct (only 1.7B-CustomVoice follows style instructions); it was not applied"
+                f"model {variant.name} ignores instruct (only 1.7B-CustomVoice follows style instructions); "
+                "it was not applied"
             )
             instruct = None
     elif variant.kind == VOICE_DESIGN:
-        if voice is not None:
-            raise InputError(f"{prefix} has no preset voices; describe the voice in instruct instead")
-        if ref_audio is not None or ref_text is not None:
-            raise InputError(f"{prefix} does not clone; ref_audio/ref_text need a Base model (e.g. 1.7B-Base)")
         if not instruct or not instruct.strip():
             raise InputError(f"{prefix} needs instruct: a description of the voice, e.g. 'a calm, low male voice'")
     elif variant.kind == BASE:
-        if voice is not None:
-            raise InputError(
-                f"{prefix} clones a voice from ref_audio and has no preset voices; "
-                "use a CustomVoice model for voice names"
-            )
-        if instruct:
-            raise InputError(f"{prefix} does not take instruct; use 1.7B-CustomVoice or 1.7B-VoiceDesign")
         if not ref_audio:
             raise InputError(f"{prefix} needs ref_audio (base64, a data: URI or an http(s) URL) to clone")
         if not x_vector_only and not (ref_text and ref_text.strip()):
             raise InputError(f"{prefix} needs ref_text, the transcript of ref_audio, unless x_vector_only is true")
-    pause_ms = _pick(own.pause_ms, job.pause_ms, 300)
     return SegmentPlan(
         text=text,
         model=variant,
@@ -240,7 +258,7 @@ def _segment(
         ref_audio=ref_audio,
         ref_text=ref_text if not x_vector_only else None,
         x_vector_only=x_vector_only,
-        pause_ms=pause_ms,
+        pause_ms=_pick(own.pause_ms, job.pause_ms, 300),
     )
 
 
@@ -249,7 +267,10 @@ def plan_job(job: SynthesisJob, *, default_model: str, max_chars: int) -> JobPla
         raise InputError("give exactly one of text or segments")
     warnings: list[str] = []
     if job.text is not None:
-        segments = [_segment("", job.text, VoiceFields(), job, default_model, warnings)]
+        # A single text's fields are all its own: pass them as the segment's, with nothing to inherit.
+        own = VoiceFields(**job.model_dump(include=set(VoiceFields.model_fields)))
+        own.instruct = _pick(job.instruct, job.params.instruct)
+        segments = [_segment("", job.text, own, job, default_model, warnings)]
     else:
         if not job.segments:
             raise InputError("segments is empty: give at least one {text, ...}")
@@ -268,7 +289,7 @@ def plan_job(job: SynthesisJob, *, default_model: str, max_chars: int) -> JobPla
         sample_rate=job.sample_rate,
         loudness_lufs=job.loudness_lufs,
         delivery=job.delivery,
-        stream=job.stream,
+        stream=bool(job.stream),
         seed=job.seed,
         sampling=job.params.sampling(),
         max_new_tokens=job.params.max_new_tokens,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,12 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     if not raw:
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite, non-negative number, got {raw!r}")
+    return value
 
 
 def _model_name(raw: str, variable: str) -> str:
@@ -81,10 +85,11 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         default_model = _model_name(env.get("QWEN_TTS_DEFAULT_MODEL") or DEFAULT_MODEL, "QWEN_TTS_DEFAULT_MODEL")
-        preload_raw = env.get("QWEN_TTS_PRELOAD")
-        if preload_raw is None:
+        # Unset or blank (platform forms often send ""): preload the default model. "none" turns it off.
+        preload_raw = (env.get("QWEN_TTS_PRELOAD") or "").strip()
+        if not preload_raw:
             preload: tuple[str, ...] = (default_model,)
-        elif preload_raw.strip().lower() in ("", "none", "0", "false"):
+        elif preload_raw.lower() in ("none", "0", "false", "off"):
             preload = ()
         else:
             preload = tuple(

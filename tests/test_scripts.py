@@ -1,0 +1,539 @@
+"""The packaging files and helper scripts: job files that validate, hub settings that match the worker's own,
+the model downloader (with an injected download function), and the job client against a loopback HTTP server.
+
+No test here reaches the network: downloads are fakes or forced offline, and HTTP goes to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from audio.catalog import DEFAULT_MODEL, MODELS
+from audio.errors import InputError
+from audio.schema import INFO_ACTIONS, parse_job, plan_job
+from audio.settings import DEFAULT_MODEL_DIR, Settings
+from scripts import download_models as dm
+from scripts import local_runpod_test as client
+
+ROOT = Path(__file__).resolve().parents[1]
+HUB = json.loads((ROOT / ".runpod" / "hub.json").read_text())
+HUB_TESTS = json.loads((ROOT / ".runpod" / "tests.json").read_text())
+TEST_INPUT = json.loads((ROOT / "test_input.json").read_text())
+DOCKERFILE = (ROOT / "Dockerfile.serverless").read_text()
+HUB_ENV = {entry["key"]: entry["input"] for entry in HUB["config"]["env"]}
+
+
+# -- job files ------------------------------------------------------------------------------------------------
+
+
+def check_job(job_input: dict[str, Any]) -> None:
+    """Raise InputError unless the worker would accept this job input (without running a model)."""
+    if job_input.get("action") in INFO_ACTIONS:
+        extra = set(job_input) - {"action"}
+        if extra:
+            raise InputError(f"unknown fields for an info action: {sorted(extra)}")
+        return
+    plan_job(parse_job(job_input), default_model=DEFAULT_MODEL, max_chars=50_000)
+
+
+JOBS = [
+    pytest.param(TEST_INPUT["input"], id="test_input.json"),
+    *(pytest.param(test["input"], id=f"tests.json:{test['name']}") for test in HUB_TESTS["tests"]),
+]
+
+
+@pytest.mark.parametrize("job_input", JOBS)
+def test_job_files_hold_valid_jobs(job_input):
+    check_job(job_input)
+
+
+def test_the_check_rejects_a_bad_job():
+    with pytest.raises(InputError, match="unknown field"):
+        check_job({"text": "Hi.", "speaker": "Ryan"})
+    with pytest.raises(InputError, match="unknown fields for an info action"):
+        check_job({"action": "health", "verbose": True})
+
+
+def test_test_input_is_the_documented_default_job():
+    plan = plan_job(parse_job(TEST_INPUT["input"]), default_model=DEFAULT_MODEL, max_chars=50_000)
+    (segment,) = plan.segments
+    assert (segment.text, segment.speaker, segment.language, segment.model.name) == (
+        "Hello from Qwen3 TTS on RunPod.",
+        "Ryan",
+        "English",
+        "1.7B-CustomVoice",
+    )
+    assert (plan.output_format, plan.delivery) == ("wav", "auto")
+
+
+def test_hub_tests_cover_health_and_synthesis():
+    tests = {t["name"]: t for t in HUB_TESTS["tests"]}
+    assert tests["health"]["input"] == {"action": "health"}
+    assert tests["synthesize_english_ryan"]["input"]["text"] == TEST_INPUT["input"]["text"]
+    assert all(t["timeout"] >= 60_000 for t in tests.values())  # milliseconds: room for a cold start
+
+
+def test_hub_tests_env_is_a_valid_worker_config():
+    env = {e["key"]: e["value"] for e in HUB_TESTS["config"]["env"]}
+    settings = Settings.from_env(env)
+    assert (settings.default_model, settings.preload) == ("0.6B-CustomVoice", ())
+    assert HUB_TESTS["config"]["gpuCount"] == 1
+
+
+# -- hub.json -------------------------------------------------------------------------------------------------
+
+
+def test_hub_listing_basics():
+    assert (HUB["type"], HUB["category"], HUB["config"]["runsOn"], HUB["config"]["gpuCount"]) == (
+        "serverless",
+        "audio",
+        "GPU",
+        1,
+    )
+
+
+def test_hub_model_options_are_the_catalog():
+    model = HUB_ENV["QWEN_TTS_DEFAULT_MODEL"]
+    assert [option["value"] for option in model["options"]] == list(MODELS)
+    assert model["default"] == DEFAULT_MODEL
+
+
+@pytest.mark.parametrize("key", [k for k, v in HUB_ENV.items() if "options" in v])
+def test_hub_option_defaults_are_options(key):
+    values = [option["value"] for option in HUB_ENV[key]["options"]]
+    assert HUB_ENV[key]["default"] in values
+
+
+# With S3 configured, so that the S3_* settings' defaults are compared too (unconfigured S3 ignores them).
+S3_CONFIGURED = {
+    "BUCKET_ENDPOINT_URL": "https://s3.example.com/audio",
+    "BUCKET_ACCESS_KEY_ID": "AKIA1234",
+    "BUCKET_SECRET_ACCESS_KEY": "secret",
+}
+
+
+@pytest.mark.parametrize("key", [k for k, v in HUB_ENV.items() if "default" in v])
+def test_hub_defaults_are_the_worker_defaults(key):
+    """Deploying from the Hub with its defaults configures the worker exactly as leaving the variable unset."""
+    base = S3_CONFIGURED if key.startswith("S3_") else {}
+    assert Settings.from_env({**base, key: str(HUB_ENV[key]["default"])}) == Settings.from_env(base)
+
+
+def test_hub_defaults_check_can_fail():
+    assert Settings.from_env({**S3_CONFIGURED, "S3_KEY_PREFIX": "audio/"}) != Settings.from_env(S3_CONFIGURED)
+    assert Settings.from_env({"QWEN_TTS_MAX_BATCH": "4"}) != Settings.from_env({})
+
+
+def _runpod_logger() -> Path:
+    spec = importlib.util.find_spec("runpod")
+    assert spec is not None and spec.origin is not None
+    return Path(spec.origin).parent / "serverless" / "modules" / "rp_logger.py"
+
+
+SOURCES_READING = {
+    "QWEN_TTS_": [ROOT / "audio" / "settings.py", ROOT / "handler.py"],
+    "BUCKET_": [ROOT / "audio" / "delivery.py"],
+    "S3_": [ROOT / "audio" / "delivery.py"],
+    "RUNPOD_": [_runpod_logger()],
+}
+
+
+@pytest.mark.parametrize("key", list(HUB_ENV))
+def test_hub_variables_are_read_by_the_worker(key):
+    prefix = next(p for p in SOURCES_READING if key.startswith(p))
+    sources = SOURCES_READING[prefix]
+    assert any(f'"{key}"' in path.read_text() for path in sources), f"{key} is read by none of {sources}"
+
+
+def _cuda(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")
+    return int(major), int(minor)
+
+
+@pytest.mark.parametrize("config", [HUB["config"], HUB_TESTS["config"]], ids=["hub.json", "tests.json"])
+def test_allowed_cuda_versions_fit_the_image(config):
+    """The base image requires a driver for its CUDA version or newer (NVIDIA_REQUIRE_CUDA)."""
+    image = re.search(r"ARG BASE_IMAGE=nvidia/cuda:(\d+\.\d+)", DOCKERFILE)
+    assert image is not None
+    assert config["allowedCudaVersions"]
+    assert all(_cuda(v) >= _cuda(image.group(1)) for v in config["allowedCudaVersions"])
+
+
+# -- Dockerfile -----------------------------------------------------------------------------------------------
+
+
+def test_dockerfile_copies_files_that_exist():
+    sources = []
+    for line in DOCKERFILE.splitlines():
+        if line.startswith("COPY ") and "--from" not in line:
+            sources += line.split()[1:-1]
+    assert "requirements.txt" in sources
+    assert "handler.py" in sources
+    missing = [s for s in sources if not (ROOT / s).exists()]
+    assert missing == []
+
+
+def test_dockerfile_runtime_defaults():
+    assert 'CMD ["python", "-u", "handler.py"]' in DOCKERFILE
+    assert "HF_HOME=/runpod-volume/huggingface-cache" in DOCKERFILE
+    assert "${QWEN_TTS_BAKED_MODEL_DIR:-/runpod-volume/models}" in DOCKERFILE
+    assert re.search(r"HF_HUB_OFFLINE\s*=", DOCKERFILE) is None  # download tools must work in the container
+
+
+def test_downloader_default_dir_is_the_worker_default():
+    assert dm.DEFAULT_MODEL_DIR == DEFAULT_MODEL_DIR
+
+
+# -- download_models ------------------------------------------------------------------------------------------
+
+
+class FakeHub:
+    """Records download calls; each writes the files of a complete model unless told to fail."""
+
+    def __init__(self, error: Exception | None = None, complete: bool = True):
+        self.calls: list[dict[str, str]] = []
+        self.error = error
+        self.complete = complete
+
+    def __call__(self, *, repo_id: str, local_dir: str) -> str:
+        self.calls.append({"repo_id": repo_id, "local_dir": local_dir})
+        if self.error is not None:
+            raise self.error
+        if self.complete:
+            make_model_dir(Path(local_dir))
+        return local_dir
+
+
+def make_model_dir(path: Path) -> Path:
+    (path / "speech_tokenizer").mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "model.safetensors", "speech_tokenizer/config.json"):
+        (path / name).write_text("{}")
+    return path
+
+
+def test_missing_model_is_downloaded_to_its_dir(tmp_path):
+    hub = FakeHub()
+    paths = dm.download_models(["0.6B-Base"], tmp_path, hub, log=lambda _: None)
+    dest = tmp_path / "Qwen3-TTS-12Hz-0.6B-Base"
+    assert hub.calls == [{"repo_id": "Qwen/Qwen3-TTS-12Hz-0.6B-Base", "local_dir": str(dest)}]
+    assert paths == [dest]
+
+
+def test_present_model_is_skipped(tmp_path):
+    dest = make_model_dir(tmp_path / "Qwen3-TTS-12Hz-1.7B-CustomVoice")
+    hub = FakeHub()
+    messages: list[str] = []
+    assert dm.download_models(["1.7B-CustomVoice"], tmp_path, hub, log=messages.append) == [dest]
+    assert hub.calls == []
+    assert messages == [f"1.7B-CustomVoice: already in {dest}, skipping"]
+
+
+def test_force_asks_the_hub_even_for_a_present_model(tmp_path):
+    make_model_dir(tmp_path / "Qwen3-TTS-12Hz-1.7B-CustomVoice")
+    hub = FakeHub()
+    dm.download_models(["1.7B-CustomVoice"], tmp_path, hub, force=True, log=lambda _: None)
+    assert [c["repo_id"] for c in hub.calls] == ["Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice"]
+
+
+@pytest.mark.parametrize(
+    "missing",
+    ["config.json", "model.safetensors", "speech_tokenizer/config.json"],
+)
+def test_a_model_missing_any_marker_file_is_downloaded(tmp_path, missing):
+    dest = make_model_dir(tmp_path / "Qwen3-TTS-12Hz-0.6B-CustomVoice")
+    (dest / missing).unlink()
+    hub = FakeHub()
+    dm.download_models(["0.6B-CustomVoice"], tmp_path, hub, log=lambda _: None)
+    assert len(hub.calls) == 1
+
+
+def test_sharded_weights_count_as_present(tmp_path):
+    dest = make_model_dir(tmp_path / "Qwen3-TTS-12Hz-1.7B-Base")
+    (dest / "model.safetensors").rename(dest / "model.safetensors.index.json")
+    assert dm.is_present(dest)
+
+
+def test_full_ids_and_any_case_resolve_once(tmp_path):
+    hub = FakeHub()
+    dm.download_models(["Qwen/Qwen3-TTS-12Hz-1.7B-Base", "1.7b-base", "0.6B-Base"], tmp_path, hub, log=print)
+    assert [c["repo_id"] for c in hub.calls] == ["Qwen/Qwen3-TTS-12Hz-1.7B-Base", "Qwen/Qwen3-TTS-12Hz-0.6B-Base"]
+
+
+def test_unknown_name_downloads_nothing_and_lists_the_models(tmp_path, capsys):
+    hub = FakeHub()
+    code = dm.main(["0.6B-Base", "2B-Turbo", "--model-dir", str(tmp_path)], download=hub, env={})
+    err = capsys.readouterr().err
+    assert code == 2
+    assert hub.calls == []
+    assert err.count("\n") == 1
+    assert err.startswith("error: unknown model(s): 2B-Turbo. Valid models: ")
+    assert all(name in err for name in MODELS)
+
+
+def test_default_is_the_env_default_model_in_the_env_model_dir(tmp_path):
+    hub = FakeHub()
+    env = {"QWEN_TTS_DEFAULT_MODEL": "0.6B-CustomVoice", "QWEN_TTS_MODEL_DIR": str(tmp_path)}
+    assert dm.main([], download=hub, env=env) == 0
+    assert hub.calls == [
+        {
+            "repo_id": "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice",
+            "local_dir": str(tmp_path / "Qwen3-TTS-12Hz-0.6B-CustomVoice"),
+        }
+    ]
+
+
+def test_default_without_env_is_the_catalog_default(tmp_path):
+    hub = FakeHub()
+    assert dm.main(["--model-dir", str(tmp_path)], download=hub, env={}) == 0
+    assert [c["repo_id"] for c in hub.calls] == ["Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice"]
+
+
+def test_all_downloads_every_model_in_catalog_order(tmp_path):
+    hub = FakeHub()
+    assert dm.main(["--all", "--model-dir", str(tmp_path)], download=hub, env={}) == 0
+    assert [c["repo_id"] for c in hub.calls] == [f"Qwen/Qwen3-TTS-12Hz-{name}" for name in MODELS]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(requests.ConnectionError("Failed to resolve 'huggingface.co'"), id="connection-error"),
+        pytest.param(OSError("Network is unreachable"), id="os-error"),
+        pytest.param(PermissionError(13, "Permission denied"), id="read-only-volume"),
+    ],
+)
+def test_hub_failure_prints_one_line_and_exits_1(tmp_path, capsys, error):
+    code = dm.main(["0.6B-Base", "--model-dir", str(tmp_path)], download=FakeHub(error=error), env={})
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1
+    assert err.startswith("error: could not download Qwen/Qwen3-TTS-12Hz-0.6B-Base to ")
+    assert "Traceback" not in err
+
+
+def test_incomplete_download_is_an_error(tmp_path, capsys):
+    code = dm.main(["0.6B-Base", "--model-dir", str(tmp_path)], download=FakeHub(complete=False), env={})
+    assert code == 1
+    assert "run again with --force" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_with_the_real_hub_client_offline(tmp_path):
+    """The real snapshot_download, forced offline: one line on stderr, exit 1, no traceback."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "download_models.py"), "0.6B-Base", "--model-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: could not download Qwen/Qwen3-TTS-12Hz-0.6B-Base")
+
+
+# -- local_runpod_test ----------------------------------------------------------------------------------------
+
+WAV = b"RIFF\x24\x00\x00\x00WAVEfmt "
+METADATA = {"duration_seconds": 1.5, "sample_rate": 24000, "format": "wav", "model": "1.7B-CustomVoice"}
+
+
+class FakeWorker:
+    """A loopback HTTP server answering like RunPod's /runsync and /status; records every request."""
+
+    def __init__(self) -> None:
+        self.responses: dict[str, list[Any]] = {}  # path -> answers, the last one repeated
+        self.requests: list[dict[str, Any]] = []
+        worker = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                worker.requests.append(
+                    {
+                        "method": self.command,
+                        "path": self.path,
+                        "headers": dict(self.headers),
+                        "json": json.loads(body) if body else None,
+                    }
+                )
+                answers = worker.responses.get(self.path)
+                if not answers:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                answer = answers.pop(0) if len(answers) > 1 else answers[0]
+                data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream" if isinstance(answer, bytes) else "json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def answer(self, path: str, *answers: Any) -> None:
+        self.responses[path] = list(answers)
+
+
+@pytest.fixture
+def fake_worker() -> Iterator[FakeWorker]:
+    worker = FakeWorker()
+    thread = threading.Thread(target=worker.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield worker
+    worker.server.shutdown()
+    worker.server.server_close()
+
+
+def completed(output: dict[str, Any]) -> dict[str, Any]:
+    return {"id": "job-1", "status": "COMPLETED", "output": output}
+
+
+def test_completed_job_writes_the_decoded_audio(fake_worker, tmp_path, capsys):
+    fake_worker.answer("/runsync", completed({"audio_base64": base64.b64encode(WAV).decode(), "metadata": METADATA}))
+    out = tmp_path / "hello.wav"
+    code = client.main(["--url", fake_worker.url, "--input", '{"text": "Hi.", "voice": "Aiden"}', "--out", str(out)])
+    assert code == 0
+    assert out.read_bytes() == WAV
+    (request,) = fake_worker.requests
+    assert (request["method"], request["path"], request["json"]) == (
+        "POST",
+        "/runsync",
+        {"input": {"text": "Hi.", "voice": "Aiden"}},
+    )
+    printed = capsys.readouterr().out
+    assert "COMPLETED" in printed
+    assert '"duration_seconds": 1.5' in printed
+    assert f"wrote {len(WAV)} bytes to {out}" in printed
+
+
+def test_default_input_is_test_input_json_and_default_out_is_by_format(fake_worker, tmp_path, monkeypatch):
+    mp3 = b"ID3\x04\x00fake"
+    meta = {**METADATA, "format": "mp3"}
+    fake_worker.answer("/runsync", completed({"audio_base64": base64.b64encode(mp3).decode(), "metadata": meta}))
+    monkeypatch.chdir(tmp_path)
+    assert client.main(["--url", fake_worker.url + "/"]) == 0
+    assert fake_worker.requests[0]["json"] == TEST_INPUT
+    assert (tmp_path / "out.mp3").read_bytes() == mp3
+
+
+def test_input_file_with_an_input_wrapper(fake_worker, tmp_path):
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"input": {"text": "From a file."}}))
+    fake_worker.answer("/runsync", completed({"audio_base64": base64.b64encode(WAV).decode(), "metadata": METADATA}))
+    assert client.main(["--url", fake_worker.url, "--input", f"@{job}", "--out", str(tmp_path / "o.wav")]) == 0
+    assert fake_worker.requests[0]["json"] == {"input": {"text": "From a file."}}
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param({"code": "invalid_input", "message": "unknown voice 'Bob'"}, id="error-object"),
+        pytest.param(json.dumps({"code": "invalid_input", "message": "unknown voice 'Bob'"}), id="error-as-json-text"),
+    ],
+)
+def test_failed_job_prints_code_and_message_and_exits_1(fake_worker, tmp_path, capsys, error):
+    fake_worker.answer("/runsync", {"id": "job-2", "status": "FAILED", "error": error})
+    out = tmp_path / "never.wav"
+    code = client.main(["--url", fake_worker.url, "--input", '{"text": "Hi.", "voice": "Bob"}', "--out", str(out)])
+    assert code == 1
+    assert capsys.readouterr().err == "error: job job-2 FAILED: invalid_input: unknown voice 'Bob'\n"
+    assert not out.exists()
+
+
+def test_running_job_is_polled_until_done(fake_worker, tmp_path, monkeypatch):
+    monkeypatch.setattr(client, "POLL_INTERVAL_S", 0.0)
+    fake_worker.answer("/runsync", {"id": "job-3", "status": "IN_QUEUE"})
+    fake_worker.answer(
+        "/status/job-3",
+        {"id": "job-3", "status": "IN_PROGRESS"},
+        completed({"audio_base64": base64.b64encode(WAV).decode(), "metadata": METADATA}),
+    )
+    out = tmp_path / "polled.wav"
+    assert client.main(["--url", fake_worker.url, "--out", str(out)]) == 0
+    assert out.read_bytes() == WAV
+    assert [r["path"] for r in fake_worker.requests] == ["/runsync", "/status/job-3", "/status/job-3"]
+
+
+def test_audio_url_is_downloaded(fake_worker, tmp_path):
+    output = {"audio_url": f"{fake_worker.url}/bucket/job-4.wav?X-Amz-Signature=abc", "metadata": METADATA}
+    fake_worker.answer("/runsync", completed(output))
+    fake_worker.answer("/bucket/job-4.wav?X-Amz-Signature=abc", WAV)
+    out = tmp_path / "from-s3.wav"
+    assert client.main(["--url", fake_worker.url, "--out", str(out)]) == 0
+    assert out.read_bytes() == WAV
+
+
+def test_info_action_prints_the_output_and_writes_nothing(fake_worker, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fake_worker.answer("/runsync", completed({"status": "ok", "loaded_models": ["1.7B-CustomVoice"]}))
+    assert client.main(["--url", fake_worker.url, "--input", '{"action": "health"}']) == 0
+    assert '"loaded_models"' in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_worker_is_one_line_and_exit_1(tmp_path, capsys):
+    with ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler) as server:
+        closed_port = server.server_address[1]  # bound, then closed: nothing listens there
+    code = client.main(["--url", f"http://127.0.0.1:{closed_port}", "--timeout", "5"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith(f"error: request to http://127.0.0.1:{closed_port}/runsync failed: ConnectionError")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        pytest.param(["--input", "{not json"], "the input is not valid JSON", id="bad-json"),
+        pytest.param(["--input", "[1, 2]"], "the input must be a JSON object", id="not-an-object"),
+        pytest.param(["--input", "@/nonexistent/job.json"], "cannot read the input file", id="missing-file"),
+        pytest.param(["--endpoint-id", "abc123"], "needs an API key", id="endpoint-without-key"),
+    ],
+)
+def test_usage_errors_exit_2_before_any_request(capsys, argv, message):
+    assert client.main(["--url", "http://127.0.0.1:9", *argv], env={}) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_deployed_endpoint_url_and_auth():
+    args = client.parse_args(["--endpoint-id", "abc123"])
+    url, headers, deployed = client.target(args, {"RUNPOD_API_KEY": "rp_key"})
+    assert (url, headers, deployed) == (
+        "https://api.runpod.ai/v2/abc123/runsync",
+        {"Authorization": "Bearer rp_key"},
+        True,
+    )
+    args = client.parse_args(["--endpoint-id", "abc123", "--api-key", "flag_key"])
+    assert client.target(args, {"RUNPOD_API_KEY": "rp_key"})[1] == {"Authorization": "Bearer flag_key"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://localhost:8000", "http://localhost:8000/", "http://localhost:8000/runsync"],
+)
+def test_local_url_forms(url):
+    assert client.target(client.parse_args(["--url", url]), {}) == ("http://localhost:8000/runsync", {}, False)

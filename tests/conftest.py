@@ -29,8 +29,8 @@ def tiny_model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def live_eos_model_dir() -> Path:
-    """A CustomVoice variant whose generations stop at random lengths."""
-    return build(CACHE / "tiny-models-live-eos", seed=0, live_eos=True, names=["0.6B-CustomVoice"])
+    """The CustomVoice variants, with generations that stop at random lengths."""
+    return build(CACHE / "tiny-models-live-eos", seed=0, live_eos=True, names=["1.7B-CustomVoice", "0.6B-CustomVoice"])
 
 
 @pytest.fixture(scope="session")

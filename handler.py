@@ -90,6 +90,9 @@ def configure_logging(env: Mapping[str, str]) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Libraries' INFO chatter (config defaults, HTTP connections) drowns the worker's own lines.
+    for noisy in ("qwen_tts", "transformers", "botocore", "urllib3", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main() -> int:

@@ -277,6 +277,8 @@ def plan_job(job: SynthesisJob, *, default_model: str, max_chars: int) -> JobPla
         segments = [
             _segment(f"segments[{i}]: ", s.text, s, job, default_model, warnings) for i, s in enumerate(job.segments)
         ]
+    if job.stream:
+        warnings.append("stream is not supported yet: the whole result is returned at once")
     total = sum(len(s.text) for s in segments)
     if total > max_chars:
         raise InputError(

@@ -704,3 +704,9 @@ def test_seed_podcast_example():
     ]
     assert result.models == ["1.7B-CustomVoice"]
     assert result.warnings == []
+
+
+def test_stream_is_accepted_with_an_honest_warning():
+    result = plan({"text": "hi", "stream": True})
+    assert result.stream is True
+    assert result.warnings == ["stream is not supported yet: the whole result is returned at once"]

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,8 +180,10 @@ class LoadedModel:
 class ModelCache:
     """Per-worker cache of loaded models: at most `max_loaded_models`, least recently used evicted first."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, download: Callable[[str], Any] | None = None):
         self.settings = settings
+        # Fetches a repo into the Hugging Face cache (HF_HOME) when QWEN_TTS_AUTO_DOWNLOAD is on.
+        self._download = download or _snapshot_download
         self._lock = threading.Lock()
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._runtime: Runtime | None = None
@@ -225,6 +227,16 @@ class ModelCache:
 
     def _load(self, variant: ModelVariant) -> LoadedModel:
         path = find_model_path(variant, self.settings)
+        if path is None and self.settings.auto_download:
+            log.info("downloading %s from the Hugging Face hub", variant.repo_id)
+            try:
+                self._download(variant.repo_id)
+            except Exception as exc:  # hub, network and disk errors all mean the same to the caller
+                raise ModelError(
+                    f"model {variant.name} is not on this worker and downloading {variant.repo_id} failed "
+                    f"({type(exc).__name__}). Put it on the network volume: {download_hint(variant, self.settings)}"
+                ) from None
+            path = find_model_path(variant, self.settings)
         if path is None:
             raise ModelError(
                 f"model {variant.name} is not on this worker: looked in {self.settings.model_dir} and the "
@@ -277,6 +289,12 @@ def _load_with_sibling_tokenizer(path: Path, tokenizer: Path, kwargs: dict[str, 
         (view / item.name).symlink_to(item)
     (view / "speech_tokenizer").symlink_to(tokenizer)
     return Qwen3TTSModel.from_pretrained(str(view), **kwargs)
+
+
+def _snapshot_download(repo_id: str) -> None:
+    from huggingface_hub import snapshot_download
+
+    snapshot_download(repo_id)
 
 
 def versions() -> dict[str, str]:

@@ -40,6 +40,17 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {raw!r}")
+
+
 def _model_name(raw: str, variable: str) -> str:
     variant = find_model(raw)
     if variant is None:
@@ -66,6 +77,7 @@ class Settings:
     device: str = "auto"  # auto | cuda | cuda:N | cpu
     dtype: str = "auto"  # auto | bfloat16 | float16 | float32
     max_loaded_models: int = 2
+    auto_download: bool = False  # fetch a missing model from the Hugging Face hub into HF_HOME on first use
     preload: tuple[str, ...] = (DEFAULT_MODEL,)
     max_chars: int = 50_000
     max_batch: int = 8
@@ -103,6 +115,7 @@ class Settings:
             device=(env.get("QWEN_TTS_DEVICE") or "auto").strip().lower(),
             dtype=(env.get("QWEN_TTS_DTYPE") or "auto").strip().lower(),
             max_loaded_models=_int(env, "QWEN_TTS_MAX_LOADED_MODELS", 2, minimum=1),
+            auto_download=_bool(env, "QWEN_TTS_AUTO_DOWNLOAD", False),
             preload=preload,
             max_chars=_int(env, "QWEN_TTS_MAX_CHARS", 50_000, minimum=1),
             max_batch=_int(env, "QWEN_TTS_MAX_BATCH", 8, minimum=1),

@@ -110,3 +110,32 @@ def test_lru_cache_keeps_at_most_the_limit_and_evicts_least_recent(tiny_model_di
     assert cache.get("0.6B-CustomVoice") is first  # a hit refreshes recency
     cache.get("0.6B-Base")
     assert cache.loaded() == ["0.6B-CustomVoice", "0.6B-Base"]
+
+
+def test_auto_download_fetches_a_missing_model_into_the_hf_cache(tiny_model_dir, tmp_path):
+    fetched = []
+
+    def download(repo_id):  # stands in for snapshot_download: lays out the HF cache like the hub client does
+        fetched.append(repo_id)
+        snapshot = tmp_path / "hf/hub/models--Qwen--Qwen3-TTS-12Hz-0.6B-CustomVoice/snapshots/rev1"
+        snapshot.parent.mkdir(parents=True)
+        snapshot.symlink_to(tiny_model_dir / CV.dir_name, target_is_directory=True)
+
+    cache = ModelCache(settings_for(tmp_path, QWEN_TTS_AUTO_DOWNLOAD="true"), download=download)
+    assert cache.get(CV.name).sample_rate == 24000
+    assert fetched == ["Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"]
+
+
+def test_failed_auto_download_is_model_unavailable(tmp_path):
+    def download(repo_id):
+        raise ConnectionError("hub unreachable")
+
+    cache = ModelCache(settings_for(tmp_path, QWEN_TTS_AUTO_DOWNLOAD="1"), download=download)
+    with pytest.raises(ModelError, match="downloading Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice failed"):
+        cache.get(CV.name)
+
+
+def test_without_auto_download_nothing_is_fetched(tmp_path):
+    cache = ModelCache(settings_for(tmp_path), download=lambda repo_id: pytest.fail("must not download"))
+    with pytest.raises(ModelError, match="is not on this worker"):
+        cache.get(CV.name)

@@ -90,7 +90,12 @@ def test_hub_tests_cover_health_and_synthesis():
 def test_hub_tests_env_is_a_valid_worker_config():
     env = {e["key"]: e["value"] for e in HUB_TESTS["config"]["env"]}
     settings = Settings.from_env(env)
-    assert (settings.default_model, settings.preload) == ("0.6B-CustomVoice", ())
+    # The Hub's test workers have no volume: the default model is fetched, preloaded, on start.
+    assert (settings.default_model, settings.preload, settings.auto_download) == (
+        "0.6B-CustomVoice",
+        ("0.6B-CustomVoice",),
+        True,
+    )
     assert HUB_TESTS["config"]["gpuCount"] == 1
 
 

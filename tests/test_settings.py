@@ -304,3 +304,16 @@ def test_non_finite_numbers_are_rejected(name, value):
     with pytest.raises(ValueError) as info:
         Settings.from_env({name: value})
     assert name in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [pytest.param("true", True, id="true"), pytest.param("ON", True, id="on"), pytest.param("0", False, id="zero")],
+)
+def test_auto_download_flag(value, expected):
+    assert Settings.from_env({"QWEN_TTS_AUTO_DOWNLOAD": value}).auto_download is expected
+
+
+def test_auto_download_rejects_other_words():
+    with pytest.raises(ValueError, match="QWEN_TTS_AUTO_DOWNLOAD must be true or false, got 'maybe'"):
+        Settings.from_env({"QWEN_TTS_AUTO_DOWNLOAD": "maybe"})

@@ -131,7 +131,7 @@ def test_failed_auto_download_is_model_unavailable(tmp_path):
         raise ConnectionError("hub unreachable")
 
     cache = ModelCache(settings_for(tmp_path, QWEN_TTS_AUTO_DOWNLOAD="1"), download=download)
-    with pytest.raises(ModelError, match="downloading Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice failed"):
+    with pytest.raises(ModelError, match=r"downloading Qwen/Qwen3-TTS-12Hz-0\.6B-CustomVoice failed"):
         cache.get(CV.name)
 
 

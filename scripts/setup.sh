@@ -15,9 +15,12 @@ if command -v apt-get >/dev/null 2>&1 && { ! command -v ffmpeg >/dev/null || ! c
 fi
 
 python3 -m venv "$venv"
-pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
-"${pip[@]}" -r requirements.txt
-"${pip[@]}" --no-deps qwen-tts==0.1.1
-if [[ $dev -eq 1 ]]; then "${pip[@]}" -r requirements-dev.txt; fi
+pip_install() {
+  # Some machines' pip.conf names local index folders that don't exist: drop pip's warning per package.
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@" 2> >(grep -v "^WARNING: Location" >&2)
+}
+pip_install -r requirements.txt
+pip_install --no-deps qwen-tts==0.1.1
+if [[ $dev -eq 1 ]]; then pip_install -r requirements-dev.txt; fi
 "$venv/bin/python" -c "import qwen_tts, torch, runpod; print('environment ready: torch', torch.__version__)" 2>/dev/null \
   | grep 'environment ready'

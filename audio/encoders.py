@@ -71,6 +71,23 @@ def available_formats() -> list[str]:
     return [f for f in FORMATS if f in have]
 
 
+def check_encodable(fmt: str, sample_rate: int) -> None:
+    """Raise the InputError that encoding `fmt` at `sample_rate` would meet, before any audio is generated."""
+    if fmt not in FORMATS:
+        raise InputError(f"unknown output format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if fmt in ("mp3", "opus"):
+        _require_sndfile(fmt)
+    if fmt == "aac" and _ffmpeg() is None:
+        others = "/".join(f for f in ("mp3", "opus", "flac", "wav") if f in available_formats())
+        raise InputError(f"aac needs ffmpeg, which this worker image lacks; use {others}")
+    # An MP3 frame can only declare MPEG's rates (ADTS likewise its own); resampling silently would hand back
+    # audio at a rate the caller didn't ask for, so an unsupported rate is the caller's to fix.
+    if fmt == "mp3" and sample_rate not in MP3_SAMPLE_RATES:
+        raise InputError(f"mp3 supports sample rates {', '.join(map(str, MP3_SAMPLE_RATES))} Hz, not {sample_rate}")
+    if fmt == "aac" and sample_rate not in AAC_SAMPLE_RATES:
+        raise InputError(f"aac supports sample rates {', '.join(map(str, AAC_SAMPLE_RATES))} Hz, not {sample_rate}")
+
+
 def encode(samples: np.ndarray, sample_rate: int, fmt: str, *, mp3_bitrate_kbps: int | None = None) -> bytes:
     """Encode mono samples (float, nominally [-1, 1]) at sample_rate as fmt.
 
@@ -86,6 +103,7 @@ def encode(samples: np.ndarray, sample_rate: int, fmt: str, *, mp3_bitrate_kbps:
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
         raise InputError(f"sample rate must be a positive integer, got {sample_rate!r}")
     sample_rate = int(sample_rate)
+    check_encodable(fmt, sample_rate)
     samples = np.asarray(samples)
     if samples.ndim != 1:
         # A caller bug, not a bad request: the model and post-processing only ever produce mono.
@@ -156,11 +174,6 @@ def _mp3_compression_level(sample_rate: int, kbps: int) -> float:
 
 
 def _encode_mp3(samples: np.ndarray, sample_rate: int, kbps: int | None) -> bytes:
-    # An MP3 frame can only declare MPEG's rates; resampling silently would hand back audio at a rate the
-    # caller didn't ask for, so an unsupported rate is the caller's to fix.
-    if sample_rate not in MP3_SAMPLE_RATES:
-        raise InputError(f"mp3 supports sample rates {', '.join(map(str, MP3_SAMPLE_RATES))} Hz, not {sample_rate}")
-    _require_sndfile("mp3")
     # Gotcha: below ~200-byte frames (e.g. 32 kbps at 24 kHz) lame can't fit its Info frame, so decoders get
     # no gapless info and return the encoder delay and padding too (up to ~150 ms at 8 kHz).
     allowed = mp3_bitrates(sample_rate)
@@ -183,7 +196,6 @@ def _encode_opus(samples: np.ndarray, sample_rate: int) -> bytes:
     # libsndfile refuses any rate outside OPUS_SAMPLE_RATES. So other rates are resampled (band-limited)
     # up to the next Opus rate (22050 -> 24000, 44100 -> 48000): nothing is lost, and the stream then says
     # that rate. Rates above 48 kHz come down to 48 kHz, Opus's full band.
-    _require_sndfile("opus")
     x = _clean(samples)
     if sample_rate not in OPUS_SAMPLE_RATES:
         target = next((r for r in OPUS_SAMPLE_RATES if r >= sample_rate), OPUS_SAMPLE_RATES[-1])
@@ -196,11 +208,6 @@ def _encode_aac(samples: np.ndarray, sample_rate: int) -> bytes:
     # Straight to the ffmpeg CLI over pipes rather than through pydub: pydub's export round-trips through
     # two temp files and can't time out, and builds the same command line otherwise.
     ffmpeg = _ffmpeg()
-    if ffmpeg is None:
-        others = "/".join(f for f in ("mp3", "opus", "flac", "wav") if f in available_formats())
-        raise InputError(f"aac needs ffmpeg, which this worker image lacks; use {others}")
-    if sample_rate not in AAC_SAMPLE_RATES:
-        raise InputError(f"aac supports sample rates {', '.join(map(str, AAC_SAMPLE_RATES))} Hz, not {sample_rate}")
     # AAC-LC carries at most 6144 bits per 1024-sample frame and channel, i.e. 6 bits a sample.
     kbps = min(64 if sample_rate <= 24000 else 128, 6 * sample_rate // 1000)
     cmd = [ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin"]

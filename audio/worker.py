@@ -92,8 +92,8 @@ class Worker:
         return self.synthesize(plan, job_id, on_progress)
 
     def synthesize(self, plan: JobPlan, job_id: str, on_progress: ProgressFn | None = None) -> dict[str, Any]:
-        if plan.output_format not in encoders.available_formats():
-            encoders.encode(np.zeros(1, dtype=np.float32), 24000, plan.output_format)  # raises the clear error
+        # Fail before generating: a format or rate this worker can't encode would waste the whole job.
+        encoders.check_encodable(plan.output_format, plan.sample_rate or self._model_rate(plan))
         started = time.perf_counter()
         synthesis = self.generator.run(plan, on_progress=on_progress)
         samples, sample_rate = self.finish(synthesis, plan)
@@ -133,6 +133,10 @@ class Worker:
             synthesis.retries,
         )
         return {**result, "metadata": metadata}
+
+    def _model_rate(self, plan: JobPlan) -> int:
+        # Every Qwen3-TTS-12Hz variant speaks at 24 kHz, but the number comes from the loaded model.
+        return self.generator.get_model(plan.segments[0].model.name).sample_rate
 
     @staticmethod
     def finish(synthesis: Synthesis, plan: JobPlan) -> tuple[np.ndarray, int]:

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from audio import encoders
-from audio.encoders import CONTENT_TYPES, FORMATS, available_formats, encode, to_int16
+from audio.encoders import CONTENT_TYPES, FORMATS, available_formats, check_encodable, encode, to_int16
 from audio.errors import InputError
 
 HAVE_FFMPEG = shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
@@ -337,3 +337,21 @@ def test_empty_and_stereo_input_are_caller_bugs():
         encode(np.zeros(0), 24000, "flac")
     with pytest.raises(ValueError, match="mono"):
         encode(np.zeros((100, 2)), 24000, "wav")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "rate", "fragment"),
+    [
+        pytest.param("ogg", 24000, "unknown output format 'ogg'", id="unknown-format"),
+        pytest.param("mp3", 44000, "mp3 supports sample rates", id="mp3-odd-rate"),
+        pytest.param("aac", 12345, "aac supports sample rates", id="aac-odd-rate"),
+    ],
+)
+def test_check_encodable_rejects_before_any_audio_exists(fmt, rate, fragment):
+    with pytest.raises(InputError, match=fragment):
+        check_encodable(fmt, rate)
+
+
+@pytest.mark.parametrize("fmt", ["wav", "mp3", "flac", "opus", "aac", "pcm"])
+def test_check_encodable_accepts_every_format_at_24k(fmt):
+    check_encodable(fmt, 24000)

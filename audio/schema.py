@@ -137,6 +137,7 @@ class JobPlan:
     sampling: dict[str, Any]
     max_new_tokens: int | None
     warnings: list[str] = field(default_factory=list)
+    speed: float = 1.0  # tempo, pitch kept: only the OpenAI-shaped input sets it
 
     @property
     def models(self) -> list[str]:

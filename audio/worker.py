@@ -6,6 +6,7 @@ typed errors of `audio.errors`; `handler.py` alone turns them into the contract'
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from audio.delivery import Deliverer
 from audio.errors import InputError
 from audio.generator import Generator, GeneratorConfig, SpeechModel, Synthesis
 from audio.model_loader import ModelCache, find_model_path, versions
+from audio.openai_compat import is_openai_job, to_job_input
 from audio.quality import QualityLimits
 from audio.schema import INFO_ACTIONS, JobPlan, parse_job, plan_job
 from audio.settings import Settings
@@ -86,14 +88,18 @@ class Worker:
             if extra:
                 raise InputError(f"unknown field(s) for action {job_input['action']}: {', '.join(sorted(extra))}")
             return self.info(job_input["action"])
+        speed = 1.0
+        if is_openai_job(job_input):
+            job_input, speed = to_job_input(job_input, self.settings.default_model)
         plan = plan_job(
             parse_job(job_input), default_model=self.settings.default_model, max_chars=self.settings.max_chars
         )
-        return self.synthesize(plan, job_id, on_progress)
+        return self.synthesize(dataclasses.replace(plan, speed=speed), job_id, on_progress)
 
     def synthesize(self, plan: JobPlan, job_id: str, on_progress: ProgressFn | None = None) -> dict[str, Any]:
         # Fail before generating: a format or rate this worker can't encode would waste the whole job.
         encoders.check_encodable(plan.output_format, plan.sample_rate or self._model_rate(plan))
+        postprocess.check_time_stretch(plan.speed)
         started = time.perf_counter()
         synthesis = self.generator.run(plan, on_progress=on_progress)
         samples, sample_rate = self.finish(synthesis, plan)
@@ -121,6 +127,8 @@ class Worker:
             "realtime_factor": round(duration_s / elapsed, 3) if elapsed > 0 else None,
             "seed": synthesis.seed,
         }
+        if plan.speed != 1.0:
+            metadata["speed"] = plan.speed
         if plan.warnings:
             metadata["warnings"] = plan.warnings
         log.info(
@@ -149,7 +157,7 @@ class Worker:
                 audio = postprocess.normalize_loudness(audio, rate, plan.loudness_lufs)
             segments.append([audio])
         pauses = [int(rate * ms / 1000.0) for ms in synthesis.pauses_ms]
-        return joiner.join(segments, pauses, crossfade=0), rate
+        return postprocess.time_stretch(joiner.join(segments, pauses, crossfade=0), rate, plan.speed), rate
 
     # -- info actions -----------------------------------------------------------------------------------------
     def info(self, action: str) -> dict[str, Any]:

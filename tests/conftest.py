@@ -64,3 +64,24 @@ def make_worker(make_settings, model_cache) -> Callable[..., Worker]:
 @pytest.fixture
 def worker(make_worker) -> Worker:
     return make_worker()
+
+
+@pytest.fixture
+def live_eos_worker(live_eos_model_dir):
+    """A worker on models whose generations end at random lengths, like a real model's EOS."""
+    # Random weights' lengths carry no relation to the text, so the too-short check is off here; the
+    # runaway check (the text-derived frame budget) stays on.
+    settings = Settings.from_env(
+        {
+            "QWEN_TTS_MODEL_DIR": str(live_eos_model_dir),
+            "QWEN_TTS_PRELOAD": "none",
+            "QWEN_TTS_MIN_SECONDS_PER_CHAR": "0",
+            "HF_HOME": str(live_eos_model_dir / "no-hf"),
+        }
+    )
+    cache = ModelCache(settings)
+
+    def make(get_model=None):
+        return Worker(settings, models=cache, get_model=get_model)
+
+    return make

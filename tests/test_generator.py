@@ -169,31 +169,6 @@ def test_seed_handler_podcast_example_runs_as_written(live_eos_worker):
     assert result["metadata"]["model"] == "1.7B-CustomVoice"
 
 
-@pytest.fixture
-def live_eos_worker(live_eos_model_dir):
-    """A worker on models whose generations end at random lengths, like a real model's EOS."""
-    from audio.model_loader import ModelCache
-    from audio.settings import Settings
-    from audio.worker import Worker
-
-    # Random weights' lengths carry no relation to the text, so the too-short check is off here; the
-    # runaway check (the text-derived frame budget) stays on.
-    settings = Settings.from_env(
-        {
-            "QWEN_TTS_MODEL_DIR": str(live_eos_model_dir),
-            "QWEN_TTS_PRELOAD": "none",
-            "QWEN_TTS_MIN_SECONDS_PER_CHAR": "0",
-            "HF_HOME": str(live_eos_model_dir / "no-hf"),
-        }
-    )
-    cache = ModelCache(settings)
-
-    def make(get_model=None):
-        return Worker(settings, models=cache, get_model=get_model)
-
-    return make
-
-
 @pytest.mark.parametrize(
     ("kind", "reason"),
     [

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from audio.schema import parse_job, plan_job
 from audio.settings import Settings
 from audio.worker import Worker
 from handler import make_handler
@@ -182,3 +184,25 @@ def test_info_action_rejects_extra_fields(worker):
     result = run(worker, {"action": "voices", "text": "hi"})
     assert result["error"]["code"] == "invalid_input"
     assert "text" in result["error"]["message"]
+
+
+def test_openai_shaped_request_speaks_through_the_handler(live_eos_worker):
+    job = {
+        "openai_route": "/v1/audio/speech",
+        "openai_input": {"model": "tts-1", "input": "Hello from the OpenAI shape.", "voice": "alloy", "speed": 1.5},
+    }
+    result = run(live_eos_worker(), job)
+    data = base64.b64decode(result["audio_base64"])
+    assert data[:3] == b"ID3" or data[0] == 0xFF  # mp3, OpenAI's default response_format
+    meta = result["metadata"]
+    assert (meta["format"], meta["model"], meta["speed"]) == ("mp3", "1.7B-CustomVoice", 1.5)
+
+
+def test_speed_changes_duration_not_sample_rate(worker):
+    job = {"text": "Fast talk.", "model": "0.6B-CustomVoice", "seed": 1, "params": {"max_new_tokens": 11}}
+    plan = plan_job(parse_job(job), default_model="1.7B-CustomVoice", max_chars=50_000)
+    normal = worker.synthesize(plan, "normal")
+    fast = worker.synthesize(dataclasses.replace(plan, speed=2.0), "fast")
+    assert len(decode(normal)[1]) == 10 * FRAME
+    assert len(decode(fast)[1]) == 5 * FRAME
+    assert decode(fast)[2].samplerate == 24000

@@ -198,8 +198,8 @@ class Deliverer:
     def s3_configured(self) -> bool:
         return self._s3 is not None
 
-    def deliver(self, audio: bytes, *, fmt: str, content_type: str, job_id: str, mode: str) -> dict:
-        """`{"audio_base64": ...}` or `{"audio_url": presigned GET URL}` for `mode` base64, s3 or auto."""
+    def check_mode(self, mode: str) -> None:
+        """Raise the InputError `deliver` would for this mode, before any audio is generated."""
         if mode not in MODES:
             raise InputError(f"delivery must be one of {', '.join(MODES)}, got {mode!r}")
         if mode == "s3" and self._s3 is None:
@@ -207,6 +207,10 @@ class Deliverer:
                 f'delivery "s3" needs S3 configured on the worker: set {_S3_VARIABLES} (or S3_BUCKET, '
                 'S3_ACCESS_KEY and S3_SECRET_KEY); or use delivery "base64"'
             )
+
+    def deliver(self, audio: bytes, *, fmt: str, content_type: str, job_id: str, mode: str) -> dict:
+        """`{"audio_base64": ...}` or `{"audio_url": presigned GET URL}` for `mode` base64, s3 or auto."""
+        self.check_mode(mode)
         if self._s3 is not None and mode in ("s3", "auto"):
             url = self._upload(self._s3, audio, fmt=fmt, content_type=content_type, job_id=job_id)
             return {"audio_url": url}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 import shutil
 import subprocess
 
@@ -71,8 +72,11 @@ def available_formats() -> list[str]:
     return [f for f in FORMATS if f in have]
 
 
-def check_encodable(fmt: str, sample_rate: int) -> None:
-    """Raise the InputError that encoding `fmt` at `sample_rate` would meet, before any audio is generated."""
+def check_encodable(fmt: str, sample_rate: int | None) -> None:
+    """Raise the InputError that encoding `fmt` at `sample_rate` would meet, before any audio is generated.
+
+    `sample_rate` None (the model's own rate, not known before it loads) checks the format alone.
+    """
     if fmt not in FORMATS:
         raise InputError(f"unknown output format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if fmt in ("mp3", "opus"):
@@ -82,10 +86,19 @@ def check_encodable(fmt: str, sample_rate: int) -> None:
         raise InputError(f"aac needs ffmpeg, which this worker image lacks; use {others}")
     # An MP3 frame can only declare MPEG's rates (ADTS likewise its own); resampling silently would hand back
     # audio at a rate the caller didn't ask for, so an unsupported rate is the caller's to fix.
+    if sample_rate is None:
+        return
     if fmt == "mp3" and sample_rate not in MP3_SAMPLE_RATES:
         raise InputError(f"mp3 supports sample rates {', '.join(map(str, MP3_SAMPLE_RATES))} Hz, not {sample_rate}")
     if fmt == "aac" and sample_rate not in AAC_SAMPLE_RATES:
         raise InputError(f"aac supports sample rates {', '.join(map(str, AAC_SAMPLE_RATES))} Hz, not {sample_rate}")
+
+
+def encoded_rate(fmt: str, sample_rate: int) -> int:
+    """The rate the encoded stream will declare: the requested one, except opus (see _encode_opus)."""
+    if fmt == "opus" and sample_rate not in OPUS_SAMPLE_RATES:
+        return next((r for r in OPUS_SAMPLE_RATES if r >= sample_rate), OPUS_SAMPLE_RATES[-1])
+    return sample_rate
 
 
 def encode(samples: np.ndarray, sample_rate: int, fmt: str, *, mp3_bitrate_kbps: int | None = None) -> bytes:
@@ -123,6 +136,33 @@ def encode(samples: np.ndarray, sample_rate: int, fmt: str, *, mp3_bitrate_kbps:
     if fmt == "opus":
         return _encode_opus(samples, sample_rate)
     return _encode_aac(samples, sample_rate)
+
+
+LOSSY_FORMATS = ("mp3", "opus", "aac")
+
+
+def decode(data: bytes, fmt: str) -> tuple[np.ndarray, int]:
+    """Decode what `encode` made back to float32 mono and its rate (libsndfile; ffmpeg for aac), e.g. to
+    measure what a listener gets from a lossy stream. pcm carries no rate: it comes back as 0."""
+    if fmt == "pcm":
+        return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0, 0
+    if fmt != "aac":
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        return samples.mean(axis=1), int(rate)
+    ffmpeg = _ffmpeg()
+    if ffmpeg is None:
+        raise InputError("decoding aac needs ffmpeg, which this worker image lacks")
+    probe = subprocess.run(
+        [ffmpeg, "-hide_banner", "-nostdin", "-f", "aac", "-i", "pipe:0", "-f", "f32le", "-ac", "1", "pipe:1"],
+        input=data,
+        capture_output=True,
+        timeout=_FFMPEG_TIMEOUT_S,
+        check=False,
+    )
+    if probe.returncode != 0:
+        raise RuntimeError(f"ffmpeg aac decoding failed (exit {probe.returncode})")
+    rate = re.search(r"(\d+) Hz", probe.stderr.decode(errors="replace"))
+    return np.frombuffer(probe.stdout, dtype="<f4").copy(), int(rate.group(1)) if rate else 0
 
 
 def _clean(samples: np.ndarray) -> np.ndarray:
@@ -197,10 +237,16 @@ def _encode_opus(samples: np.ndarray, sample_rate: int) -> bytes:
     # up to the next Opus rate (22050 -> 24000, 44100 -> 48000): nothing is lost, and the stream then says
     # that rate. Rates above 48 kHz come down to 48 kHz, Opus's full band.
     x = _clean(samples)
-    if sample_rate not in OPUS_SAMPLE_RATES:
-        target = next((r for r in OPUS_SAMPLE_RATES if r >= sample_rate), OPUS_SAMPLE_RATES[-1])
+    target = encoded_rate("opus", sample_rate)
+    if target != sample_rate:
         x = np.clip(resample(x, sample_rate, target), -1.0, 1.0)
         sample_rate = target
+    # Gotcha: libsndfile's Ogg Opus writer doesn't flush the encoder's 6.5 ms look-ahead when the audio ends
+    # exactly on a 20 ms frame boundary (the model's 80 ms frames always do): the decoded tail is then a burst
+    # of noise. A little trailing silence puts the end mid-frame, where it is flushed cleanly.
+    frame = sample_rate // 50
+    pad = (frame - x.shape[0] % frame) % frame + frame // 2
+    x = np.concatenate([x, np.zeros(pad, dtype=x.dtype)])
     return _sndfile_write(x.astype(np.float32), sample_rate, "OGG", "OPUS")
 
 

@@ -70,9 +70,9 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Synthesis:
-    segments: list[np.ndarray]  # one track per segment, its chunks crossfaded
+    chunks: list[list[np.ndarray]]  # per segment, its chunks' audio, edge silence trimmed, in order
     pauses_ms: list[int]  # silence before each segment (the first's is unused)
-    chunk_lengths: list[list[int]]  # trimmed chunk lengths per segment, in samples
+    crossfade: int  # samples of crossfade between chunks of a segment
     sample_rate: int
     num_chunks: int
     retries: int
@@ -156,12 +156,10 @@ class Generator:
                 on_progress(done, len(chunks))
 
         sample_rate = work[0][0].sample_rate
-        trimmed = self._trimmed(plan, chunks, sample_rate)
-        crossfade = int(sample_rate * self.config.crossfade_ms / 1000.0)
         return Synthesis(
-            segments=[joiner.join([seg], [0], crossfade) for seg in trimmed],
+            chunks=self._trimmed(plan, chunks, sample_rate),
             pauses_ms=[seg.pause_ms for seg in plan.segments],
-            chunk_lengths=[[len(c) for c in seg] for seg in trimmed],
+            crossfade=int(sample_rate * self.config.crossfade_ms / 1000.0),
             sample_rate=sample_rate,
             num_chunks=len(chunks),
             retries=retries,

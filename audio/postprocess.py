@@ -39,12 +39,12 @@ _MAX_MAKEUP_DB = 3.0
 
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """Band-limited resampling (soxr, very high quality); float32 out, a float32 copy when rates are equal."""
+    """Band-limited resampling (soxr, very high quality); float32 out, the input itself when rates are equal."""
     if from_rate <= 0 or to_rate <= 0:
         raise ValueError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
     x = np.asarray(samples, dtype=np.float32)
     if from_rate == to_rate or x.size == 0:
-        return x.copy()
+        return x  # no copy: an hour of audio is ~350 MB
     return soxr.resample(x, from_rate, to_rate, quality="VHQ").astype(np.float32, copy=False)
 
 
@@ -73,7 +73,7 @@ def time_stretch(samples: np.ndarray, sample_rate: int, speed: float) -> np.ndar
     The result is exactly round(n / speed) samples long and keeps the very end of the input: atempo drops
     up to its last ~100 ms of output when it flushes, so the input goes in with 200 ms of silence appended
     and the output is cut (or, in theory, zero-padded) to that length.
-    speed 1.0 returns a float32 copy and needs no ffmpeg. InputError if ffmpeg isn't installed;
+    speed 1.0 returns the (float32) input itself and needs no ffmpeg. InputError if ffmpeg isn't installed;
     ValueError (a caller bug) for a non-positive or non-finite speed or samples that aren't 1-D;
     RuntimeError if ffmpeg fails.
     """
@@ -85,7 +85,7 @@ def time_stretch(samples: np.ndarray, sample_rate: int, speed: float) -> np.ndar
     if x.ndim != 1:
         raise ValueError(f"expected mono 1-D samples, got shape {x.shape}")
     if speed == 1.0 or x.size == 0:
-        return x.copy()
+        return x
     check_time_stretch(speed)
     ffmpeg = shutil.which("ffmpeg")
     target = round(x.shape[0] / speed)
@@ -159,8 +159,9 @@ def normalize_loudness(
     short rather than squashed. A last static gain-down guarantees the ceiling as this module's true-peak
     meter measures it.
 
-    Audio shorter than one 400 ms BS.1770 block, or silent (gated out entirely), is returned unchanged:
-    it has no integrated loudness to normalise. NaN and ±inf samples are zeroed first, even then.
+    Audio shorter than one 400 ms BS.1770 block is measured as if looped to that length (a short podcast line
+    still matches its neighbours); silent audio (gated out entirely) is returned unchanged. NaN and ±inf
+    samples are zeroed first, even then.
     """
     x = np.asarray(samples, dtype=np.float64)
     finite = np.isfinite(x)
@@ -169,9 +170,9 @@ def normalize_loudness(
         samples = x.astype(np.float32)
     if x.ndim != 1:
         raise ValueError(f"expected mono 1-D samples, got shape {x.shape}")
-    if x.shape[0] < _min_len(sample_rate):
+    if x.shape[0] == 0:
         return samples
-    loudness = measure_loudness(x, sample_rate)
+    loudness = _looped_loudness(x, sample_rate)
     if not np.isfinite(loudness):
         return samples
     ceiling = 10.0 ** ((true_peak_dbtp - _CEILING_MARGIN_DB) / 20.0)
@@ -180,7 +181,7 @@ def normalize_loudness(
     gain_db = plain_db
     for _ in range(_MAX_PASSES):
         y = _limit(x * 10.0 ** (gain_db / 20.0), sample_rate, ceiling)
-        error = target_lufs - measure_loudness(y, sample_rate)
+        error = target_lufs - _looped_loudness(y, sample_rate)
         next_db = min(gain_db + error, plain_db + _MAX_MAKEUP_DB)
         if abs(error) <= _LOUDNESS_TOLERANCE_LU or not np.isfinite(error) or next_db <= gain_db:
             break
@@ -191,6 +192,11 @@ def normalize_loudness(
     if peak > ceiling:
         out = (y * (ceiling / peak)).astype(np.float32)
     return out
+
+
+def _looped_loudness(x: np.ndarray, sample_rate: int) -> float:
+    """Integrated loudness, of the audio repeated up to one gating block when it is shorter than that."""
+    return measure_loudness(np.tile(x, -(-_min_len(sample_rate) // x.shape[0])), sample_rate)
 
 
 def _min_len(sample_rate: int) -> int:

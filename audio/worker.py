@@ -27,6 +27,7 @@ from audio.settings import Settings
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
+TRUE_PEAK_DBTP = -1.0  # the ceiling under a loudness target (EBU R128 / streaming practice)
 
 
 def generator_config(settings: Settings) -> GeneratorConfig:
@@ -97,13 +98,13 @@ class Worker:
         return self.synthesize(dataclasses.replace(plan, speed=speed), job_id, on_progress)
 
     def synthesize(self, plan: JobPlan, job_id: str, on_progress: ProgressFn | None = None) -> dict[str, Any]:
-        # Fail before generating: a format or rate this worker can't encode would waste the whole job.
-        encoders.check_encodable(plan.output_format, plan.sample_rate or self._model_rate(plan))
+        # Fail before generating what can't be encoded, stretched or delivered: that would waste the GPU work.
+        encoders.check_encodable(plan.output_format, plan.sample_rate)
         postprocess.check_time_stretch(plan.speed)
+        self.deliverer.check_mode(plan.delivery)
         started = time.perf_counter()
         synthesis = self.generator.run(plan, on_progress=on_progress)
-        samples, sample_rate = self.finish(synthesis, plan)
-        audio = encoders.encode(samples, sample_rate, plan.output_format)
+        samples, sample_rate, audio = self._render(synthesis, plan)
         result = self.deliverer.deliver(
             audio,
             fmt=plan.output_format,
@@ -116,7 +117,7 @@ class Worker:
         models = plan.models
         metadata: dict[str, Any] = {
             "duration_seconds": round(duration_s, 3),
-            "sample_rate": sample_rate,
+            "sample_rate": encoders.encoded_rate(plan.output_format, sample_rate),
             "format": plan.output_format,
             "model": models[0] if len(models) == 1 else ", ".join(models),
             "num_segments": len(plan.segments),
@@ -142,22 +143,47 @@ class Worker:
         )
         return {**result, "metadata": metadata}
 
-    def _model_rate(self, plan: JobPlan) -> int:
-        # Every Qwen3-TTS-12Hz variant speaks at 24 kHz, but the number comes from the loaded model.
-        return self.generator.get_model(plan.segments[0].model.name).sample_rate
-
     @staticmethod
-    def finish(synthesis: Synthesis, plan: JobPlan) -> tuple[np.ndarray, int]:
-        """Segments at the output rate, each levelled (so speakers match), joined with their pauses."""
+    def finish(
+        synthesis: Synthesis, plan: JobPlan, *, true_peak_dbtp: float = TRUE_PEAK_DBTP
+    ) -> tuple[np.ndarray, int]:
+        """One track at the output rate: chunks crossfaded, segments levelled (so speakers match) and joined
+        with their pauses, then the tempo change. Built in one pass when nothing per segment is needed."""
         rate = plan.sample_rate or synthesis.sample_rate
-        segments = []
-        for segment in synthesis.segments:
-            audio = postprocess.resample(segment, synthesis.sample_rate, rate)
-            if plan.loudness_lufs is not None:
-                audio = postprocess.normalize_loudness(audio, rate, plan.loudness_lufs)
-            segments.append([audio])
         pauses = [int(rate * ms / 1000.0) for ms in synthesis.pauses_ms]
-        return postprocess.time_stretch(joiner.join(segments, pauses, crossfade=0), rate, plan.speed), rate
+        if rate == synthesis.sample_rate and plan.loudness_lufs is None:
+            joined = joiner.join(synthesis.chunks, pauses, synthesis.crossfade)
+        else:
+            segments = []
+            for chunks in synthesis.chunks:
+                audio = joiner.join([chunks], [0], synthesis.crossfade)
+                audio = postprocess.resample(audio, synthesis.sample_rate, rate)
+                if plan.loudness_lufs is not None:
+                    audio = postprocess.normalize_loudness(
+                        audio, rate, plan.loudness_lufs, true_peak_dbtp=true_peak_dbtp
+                    )
+                segments.append([audio])
+            joined = joiner.join(segments, pauses, crossfade=0)
+        return postprocess.time_stretch(joined, rate, plan.speed), rate
+
+    def _render(self, synthesis: Synthesis, plan: JobPlan) -> tuple[np.ndarray, int, bytes]:
+        """Finished samples, their rate and the encoded bytes.
+
+        Under a loudness target the true-peak ceiling holds for what a listener decodes: a lossy codec
+        overshoots the peaks it is given (about 1 dB for aac and opus), so the decoded stream is measured and
+        the levelling redone under a ceiling lowered by the overshoot (the limiter keeps the loudness)."""
+        ceiling = TRUE_PEAK_DBTP
+        for _ in range(3):
+            samples, rate = self.finish(synthesis, plan, true_peak_dbtp=ceiling)
+            audio = encoders.encode(samples, rate, plan.output_format)
+            if plan.loudness_lufs is None or plan.output_format not in encoders.LOSSY_FORMATS:
+                break
+            decoded, decoded_rate = encoders.decode(audio, plan.output_format)
+            over_db = postprocess.true_peak_dbtp(decoded, decoded_rate) - TRUE_PEAK_DBTP
+            if over_db <= 0:
+                break
+            ceiling -= over_db + 0.1
+        return samples, rate, audio
 
     # -- info actions -----------------------------------------------------------------------------------------
     def info(self, action: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@
 3. Join cost: 10 / 30 / 60 minutes of synthetic 24 kHz chunks joined with `joiner.join` (crossfade 40 ms,
    pause 300 ms), checked against `joiner.joined_length`. Also shown, without a target: the first (cold)
    60-minute join of the process, and the path a job really takes for 60 minutes (the generator's
-   per-segment joins, then `Worker.finish`).
+   Worker.finish: one join of all chunks when nothing is done per segment).
 
 Without --model-dir it builds (or reuses) the tiny random checkpoints in .cache/tiny-models: those numbers
 say how the pipeline behaves, not how fast real Qwen3-TTS is. With --model-dir pointing at real weights and
@@ -342,8 +342,8 @@ def join_cost(
     """Time joining `minutes` of noise chunks grouped into podcast-like segments.
 
     By default one `joiner.join` call (crossfades within segments, pauses between them). With `worker_path`,
-    what a job really does: the generator's per-segment crossfade joins, then `Worker.finish` (a copy per
-    segment, then a join with the pauses).
+    what a job really does: `Worker.finish` on the generator's trimmed chunks (one join when nothing is done
+    per segment).
     """
     chunk_len = round(chunk_s * sample_rate)
     n_chunks = max(1, round(minutes * 60 / chunk_s))
@@ -375,11 +375,10 @@ def _worker_join(segments: list[list[np.ndarray]], pause_ms: int, crossfade: int
     from audio.schema import parse_job, plan_job
     from audio.worker import Worker
 
-    tracks = [joiner.join([seg], [0], crossfade) for seg in segments]  # as Generator.run does
     synthesis = Synthesis(
-        segments=tracks,
+        chunks=segments,
         pauses_ms=[pause_ms] * len(segments),
-        chunk_lengths=[[len(c) for c in seg] for seg in segments],
+        crossfade=crossfade,
         sample_rate=sample_rate,
         num_chunks=sum(len(seg) for seg in segments),
         retries=0,

@@ -73,12 +73,10 @@ def test_other_sample_rate_and_float64_in():
     y[0] = 0.0  # writable
 
 
-def test_speed_one_returns_an_equal_copy_without_ffmpeg(monkeypatch):
+def test_speed_one_returns_the_input_itself_without_ffmpeg(monkeypatch):
     monkeypatch.setattr(postprocess.shutil, "which", lambda name: None)
-    x = _tone(1000, 0.5)
-    y = time_stretch(x, SR, 1.0)
-    np.testing.assert_array_equal(y, x)
-    assert y is not x
+    x = _tone(1000, 0.5).astype(np.float32)
+    assert time_stretch(x, SR, 1.0) is x  # no copy of what may be an hour of audio
 
 
 def test_empty_input_stays_empty():

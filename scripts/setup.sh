@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a Python environment for the worker: `scripts/setup.sh [--dev] [VENV_DIR]`.
-# Installs ffmpeg/sox when apt is available and they are missing, the pinned requirements, then qwen-tts
-# without its dependency list (see requirements.txt for why). Idempotent: a second run changes nothing.
+# Installs ffmpeg/sox when apt is available and they are missing, the pinned requirements, and qwen-tts
+# from them without its dependency list (see requirements.txt for why). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,8 +19,9 @@ pip_install() {
   # Some machines' pip.conf names local index folders that don't exist: drop pip's warning per package.
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@" 2> >(grep -v "^WARNING: Location" >&2)
 }
-pip_install -r requirements.txt
-pip_install --no-deps qwen-tts==0.1.1
+qwen_tts=$(grep -E '^qwen-tts==' requirements.txt)
+pip_install -r <(grep -vE '^qwen-tts==' requirements.txt)
+pip_install --no-deps "$qwen_tts"
 if [[ $dev -eq 1 ]]; then pip_install -r requirements-dev.txt; fi
 "$venv/bin/python" -c "import qwen_tts, torch, runpod; print('environment ready: torch', torch.__version__)" 2>/dev/null \
   | grep 'environment ready'

@@ -133,3 +133,62 @@ def test_runsync_over_http_reports_invalid_input(local_api):
     error = json.loads(body["error"])  # RunPod's job API carries the error object as a JSON string
     assert error["code"] == "invalid_input"
     assert "unknown voice 'nobody'" in error["message"]
+
+
+PROGRESS_SCRIPT = """
+import json, os, sys, time
+from handler import build
+worker, handle = build(os.environ)
+text = " ".join(["This sentence is here to make a few chunks of text for the worker."] * 12)
+result = handle({"id": "job-7", "input": {"text": text, "params": {"max_new_tokens": 2}}})
+time.sleep(1.5)  # progress posts go out on daemon threads
+print(json.dumps(result["metadata"]))
+"""
+
+
+def test_progress_is_posted_to_runpod_after_each_batch(tiny_model_dir):
+    """On RunPod (RUNPOD_WEBHOOK_GET_JOB set), each finished batch posts `done/total` to the job API."""
+    import http.server
+    import threading
+
+    posts: list[tuple[str, dict]] = []
+
+    class Capture(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            posts.append((self.path, json.loads(body)))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Capture)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", PROGRESS_SCRIPT],
+            cwd=ROOT,
+            env=worker_env(
+                tiny_model_dir,
+                QWEN_TTS_PRELOAD="none",
+                QWEN_TTS_MAX_BATCH="2",
+                RUNPOD_WEBHOOK_GET_JOB=f"{url}/job-take",
+                RUNPOD_WEBHOOK_POST_OUTPUT=f"{url}/job-done/$ID",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    chunks = json.loads(proc.stdout.strip().splitlines()[-1])["num_chunks"]
+    progress = sorted(body["output"] for path, body in posts if body.get("status") == "IN_PROGRESS")
+    expected = [f"{done}/{chunks} chunks" for done in range(2, chunks + 1, 2)]
+    if chunks % 2:
+        expected.append(f"{chunks}/{chunks} chunks")
+    assert sorted(progress) == sorted(expected)
+    assert {path for path, _ in posts} == {"/job-done/job-7&isStream=false"}  # the SDK appends the flag

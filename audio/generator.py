@@ -112,26 +112,7 @@ class Generator:
         for i, segment in enumerate(plan.segments):
             chunks.extend(_chunks_for(i, segment, self.config, len(chunks)))
 
-        voices = self._voices(plan)
-        # Chunks that share model, voice and language go through one generate call per batch.
-        groups: dict[tuple, list[Chunk]] = {}
-        for chunk in chunks:
-            seg = plan.segments[chunk.segment]
-            groups.setdefault((seg.model.name, voices[chunk.segment].key(), seg.language), []).append(chunk)
-
-        work = []
-        prompts: dict[tuple, Any] = {}  # a clone voice's prompt is built once per job, whatever the language
-        for (model_name, voice_key, language), members in groups.items():
-            model = self.get_model(model_name)
-            voice = voices[members[0].segment]
-            prompt = None
-            if voice.ref_audio is not None:
-                if (model_name, voice_key) not in prompts:
-                    prompts[model_name, voice_key] = model.clone_prompt(voice)
-                prompt = prompts[model_name, voice_key]
-            for batch in _batches(members, self.config.max_batch):
-                work.append((model, voice, language, prompt, batch))
-
+        work = self._batches_of(plan, chunks, self._voices(plan))
         done = 0
         retries = 0
         model_time_s = 0.0
@@ -166,6 +147,26 @@ class Generator:
             seed=seed,
             model_time_s=model_time_s,
         )
+
+    def _batches_of(self, plan: JobPlan, chunks: list[Chunk], voices: list[Voice]) -> list[tuple]:
+        """(model, voice, language, clone prompt, chunks) per generate call: chunks that share model, voice
+        and language are batched together, across segments too."""
+        groups: dict[tuple, list[Chunk]] = {}
+        for chunk in chunks:
+            seg = plan.segments[chunk.segment]
+            groups.setdefault((seg.model.name, voices[chunk.segment].key(), seg.language), []).append(chunk)
+        work = []
+        prompts: dict[tuple, Any] = {}  # a clone voice's prompt is built once per job, whatever the language
+        for (model_name, voice_key, language), members in groups.items():
+            model = self.get_model(model_name)
+            voice = voices[members[0].segment]
+            prompt = None
+            if voice.ref_audio is not None:
+                if (model_name, voice_key) not in prompts:
+                    prompts[model_name, voice_key] = model.clone_prompt(voice)
+                prompt = prompts[model_name, voice_key]
+            work.extend((model, voice, language, prompt, batch) for batch in _batches(members, self.config.max_batch))
+        return work
 
     def _voices(self, plan: JobPlan) -> list[Voice]:
         references = {}

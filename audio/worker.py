@@ -6,13 +6,16 @@ typed errors of `audio.errors`; `handler.py` alone turns them into the contract'
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import io
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 
 from audio import catalog, encoders, joiner, postprocess
 from audio.delivery import Deliverer
@@ -47,6 +50,15 @@ def generator_config(settings: Settings) -> GeneratorConfig:
     )
 
 
+def _warmup_reference() -> str:
+    """Two seconds of a 220 Hz tone as base64 WAV: enough for a Base model's warm-up clone."""
+    rate = 16000
+    tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(2 * rate) / rate)
+    buf = io.BytesIO()
+    sf.write(buf, tone, rate, format="WAV", subtype="PCM_16")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
 class Worker:
     def __init__(
         self,
@@ -68,13 +80,13 @@ class Worker:
         for name in self.settings.preload:
             started = time.perf_counter()
             model = self.models.get(name)
-            variant = catalog.MODELS[name]
-            voice_fields: dict[str, Any] = {"model": name, "text": "Hello.", "params": {"max_new_tokens": 4}}
-            if variant.kind == catalog.VOICE_DESIGN:
-                voice_fields["instruct"] = "A clear, neutral voice."
-            if variant.kind != catalog.BASE:  # a clone warm-up would need a reference recording
-                plan = plan_job(parse_job(voice_fields), default_model=name, max_chars=self.settings.max_chars)
-                self.generator.run(plan)
+            job: dict[str, Any] = {"model": name, "text": "Hello.", "params": {"max_new_tokens": 4}}
+            kind = catalog.MODELS[name].kind
+            if kind == catalog.VOICE_DESIGN:
+                job["instruct"] = "A clear, neutral voice."
+            elif kind == catalog.BASE:
+                job.update(ref_audio=_warmup_reference(), x_vector_only=True)
+            self.generator.run(plan_job(parse_job(job), default_model=name, max_chars=self.settings.max_chars))
             log.info(
                 "preloaded %s (sample rate %d) in %.1fs",
                 name,

@@ -139,3 +139,12 @@ def test_without_auto_download_nothing_is_fetched(tmp_path):
     cache = ModelCache(settings_for(tmp_path), download=lambda repo_id: pytest.fail("must not download"))
     with pytest.raises(ModelError, match="is not on this worker"):
         cache.get(CV.name)
+
+
+def test_preload_loads_and_warms_every_kind(make_settings):
+    from audio.worker import Worker
+
+    settings = make_settings({"QWEN_TTS_PRELOAD": "0.6B-Base,1.7B-VoiceDesign,0.6B-CustomVoice"})
+    worker = Worker(settings, models=ModelCache(settings))
+    worker.preload()
+    assert worker.models.loaded() == ["0.6B-Base", "1.7B-VoiceDesign", "0.6B-CustomVoice"]

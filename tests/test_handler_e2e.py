@@ -206,3 +206,35 @@ def test_speed_changes_duration_not_sample_rate(worker):
     assert len(decode(normal)[1]) == 10 * FRAME
     assert len(decode(fast)[1]) == 5 * FRAME
     assert decode(fast)[2].samplerate == 24000
+
+
+@pytest.fixture
+def wav_server(tmp_path):
+    """Serves files from tmp_path over HTTP on loopback."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_reference_audio_by_url_clones_like_the_same_bytes_inline(worker, wav_server):
+    root, url = wav_server
+    (root / "ref.wav").write_bytes(base64.b64decode(REF))
+    job = {
+        "text": "Cloned.",
+        "model": "0.6B-Base",
+        "ref_text": "A reference.",
+        "seed": 3,
+        "params": {"max_new_tokens": 4},
+    }
+    by_url = run(worker, {**job, "ref_audio": f"{url}/ref.wav"})
+    inline = run(worker, {**job, "ref_audio": REF})
+    assert by_url["audio_base64"] == inline["audio_base64"]
+    missing = run(worker, {**job, "ref_audio": f"{url}/nope.wav"})
+    assert missing["error"] == {"code": "invalid_input", "message": "ref_audio URL could not be fetched (HTTPError)"}

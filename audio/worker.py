@@ -96,11 +96,12 @@ class Worker:
 
     # -- jobs -----------------------------------------------------------------------------------------------
     def handle(self, job_input: Any, job_id: str, on_progress: ProgressFn | None = None) -> dict[str, Any]:
-        if isinstance(job_input, dict) and job_input.get("action") in INFO_ACTIONS:
+        action = job_input.get("action", "synthesize") if isinstance(job_input, dict) else "synthesize"
+        if action != "synthesize":
             extra = set(job_input) - {"action"}
-            if extra:
-                raise InputError(f"unknown field(s) for action {job_input['action']}: {', '.join(sorted(extra))}")
-            return self.info(job_input["action"])
+            if extra and action in INFO_ACTIONS:
+                raise InputError(f"unknown field(s) for action {action}: {', '.join(sorted(extra))}")
+            return self.info(action)
         speed = 1.0
         if is_openai_job(job_input):
             job_input, speed = to_job_input(job_input, self.settings.default_model)

@@ -238,3 +238,10 @@ def test_reference_audio_by_url_clones_like_the_same_bytes_inline(worker, wav_se
     assert by_url["audio_base64"] == inline["audio_base64"]
     missing = run(worker, {**job, "ref_audio": f"{url}/nope.wav"})
     assert missing["error"] == {"code": "invalid_input", "message": "ref_audio URL could not be fetched (HTTPError)"}
+
+
+def test_unknown_action_lists_the_actions(worker):
+    assert run(worker, {"action": "dance"})["error"] == {
+        "code": "invalid_input",
+        "message": "unknown action 'dance': use synthesize, health, voices, languages, models",
+    }

@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         model_dir = build(TINY_DIR)
-        job["params"] = {"max_new_tokens": 40}  # random weights never end on their own
+        # Random weights never end on their own: cap every chunk below its text-derived budget (>= 25 frames).
+        job["params"] = {"max_new_tokens": 20}
     env.update(QWEN_TTS_MODEL_DIR=str(model_dir), QWEN_TTS_PRELOAD="none", QWEN_TTS_DEFAULT_MODEL=variant.name)
     job["output_format"] = args.format or (args.out.suffix.lstrip(".").lower() or "wav").replace("ogg", "opus")
 

@@ -542,3 +542,19 @@ def test_deployed_endpoint_url_and_auth():
 )
 def test_local_url_forms(url):
     assert client.target(client.parse_args(["--url", url]), {}) == ("http://localhost:8000/runsync", {}, False)
+
+
+def test_speak_writes_audio_and_says_loudly_when_it_is_the_tiny_model(tmp_path, tiny_model_dir):
+    out = tmp_path / "hello.wav"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "speak.py"), "Hello there.", "--out", str(out), "--tiny"],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "QWEN_TTS_MODEL_DIR": str(tmp_path / "models")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "REAL WEIGHTS UNAVAILABLE: using the TINY RANDOM checkpoint" in proc.stderr
+    assert out.read_bytes()[:4] == b"RIFF"
+    assert json.loads(proc.stdout[proc.stdout.index("{") :])["duration_seconds"] == 19 * 1920 / 24000

@@ -43,7 +43,7 @@ from audio.errors import DeliveryError, InputError, PayloadTooLargeError
 
 log = logging.getLogger(__name__)
 
-MODES = ("base64", "s3", "auto")
+MODES = ("auto", "base64", "s3")
 DEFAULT_KEY_PREFIX = "tts-output/"
 DEFAULT_URL_EXPIRY_S = 3600
 MAX_URL_EXPIRY_S = 7 * 24 * 3600  # the SigV4 limit for a presigned URL

@@ -72,13 +72,17 @@ def available_formats() -> list[str]:
     return [f for f in FORMATS if f in have]
 
 
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise InputError(f"unknown output format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
 def check_encodable(fmt: str, sample_rate: int | None) -> None:
     """Raise the InputError that encoding `fmt` at `sample_rate` would meet, before any audio is generated.
 
     `sample_rate` None (the model's own rate, not known before it loads) checks the format alone.
     """
-    if fmt not in FORMATS:
-        raise InputError(f"unknown output format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    _check_format(fmt)
     if fmt in ("mp3", "opus"):
         _require_sndfile(fmt)
     if fmt == "aac" and _ffmpeg() is None:
@@ -109,8 +113,7 @@ def encode(samples: np.ndarray, sample_rate: int, fmt: str, *, mp3_bitrate_kbps:
     another format. Opus at a rate Opus doesn't take is resampled up to the next one it does (see
     _encode_opus). ValueError (a caller bug) for empty or multi-channel samples.
     """
-    if fmt not in FORMATS:
-        raise InputError(f"unknown output format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    _check_format(fmt)
     if mp3_bitrate_kbps is not None and fmt != "mp3":
         raise InputError(f"mp3_bitrate_kbps applies only to mp3, not {fmt}")
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:

@@ -46,23 +46,24 @@ class Runtime:
     attention: str
 
 
+def _latest_snapshot(settings: Settings, dir_name: str) -> Path | None:
+    """The newest complete snapshot of `Qwen/<dir_name>` in the Hugging Face caches, if any."""
+    for hub in settings.hf_cache_dirs:
+        snapshots = hub / f"models--Qwen--{dir_name}" / "snapshots"
+        if not snapshots.is_dir():
+            continue
+        candidates = [p for p in snapshots.iterdir() if (p / "config.json").is_file()]
+        if candidates:
+            return max(candidates, key=lambda p: p.stat().st_mtime)
+    return None
+
+
 def find_model_path(variant: ModelVariant, settings: Settings) -> Path | None:
     """The directory holding a variant's weights: the model dir first, then Hugging Face cache snapshots."""
     direct = settings.model_dir / variant.dir_name
     if (direct / "config.json").is_file():
         return direct
-    for hub in settings.hf_cache_dirs:
-        snapshots = hub / f"models--Qwen--{variant.dir_name}" / "snapshots"
-        if not snapshots.is_dir():
-            continue
-        candidates = sorted(
-            (p for p in snapshots.iterdir() if (p / "config.json").is_file()),
-            key=lambda p: p.stat().st_mtime,
-            reverse=True,
-        )
-        if candidates:
-            return candidates[0]
-    return None
+    return _latest_snapshot(settings, variant.dir_name)
 
 
 def find_tokenizer_path(model_path: Path, settings: Settings) -> Path | None:
@@ -72,13 +73,7 @@ def find_tokenizer_path(model_path: Path, settings: Settings) -> Path | None:
     for base in (model_path.parent, settings.model_dir):
         if (base / TOKENIZER_DIR_NAME / "config.json").is_file():
             return base / TOKENIZER_DIR_NAME
-    for hub in settings.hf_cache_dirs:
-        snapshots = hub / f"models--Qwen--{TOKENIZER_DIR_NAME}" / "snapshots"
-        if snapshots.is_dir():
-            for snap in snapshots.iterdir():
-                if (snap / "config.json").is_file():
-                    return snap
-    return None
+    return _latest_snapshot(settings, TOKENIZER_DIR_NAME)
 
 
 def download_hint(variant: ModelVariant, settings: Settings) -> str:

@@ -45,8 +45,6 @@ def _fetch(url: str) -> bytes:
         data = response.raw.read(MAX_REFERENCE_BYTES + 1, decode_content=True)
     except requests.RequestException as exc:
         raise InputError(f"ref_audio URL could not be fetched ({type(exc).__name__})") from None
-    if len(data) > MAX_REFERENCE_BYTES:
-        raise InputError(f"ref_audio is larger than {MAX_REFERENCE_BYTES // 1_000_000} MB")
     return data
 
 
@@ -59,16 +57,15 @@ def _bytes_of(value: str) -> bytes:
         if ";base64" not in header:
             raise InputError("ref_audio data: URI must be base64-encoded (data:audio/wav;base64,...)")
     try:
-        data = base64.b64decode(value, validate=True)
+        return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise InputError("ref_audio is neither valid base64, a data: URI, nor an http(s) URL") from None
-    if len(data) > MAX_REFERENCE_BYTES:
-        raise InputError(f"ref_audio is larger than {MAX_REFERENCE_BYTES // 1_000_000} MB")
-    return data
 
 
 def decode_reference(value: str) -> Reference:
     data = _bytes_of(value)
+    if len(data) > MAX_REFERENCE_BYTES:  # a URL's body is read only this far (plus one byte)
+        raise InputError(f"ref_audio is larger than {MAX_REFERENCE_BYTES // 1_000_000} MB")
     try:
         samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError):

@@ -26,10 +26,10 @@ from audio.catalog import (
     resolve_language,
     resolve_voice,
 )
+from audio.delivery import MODES as DELIVERY_MODES
+from audio.encoders import FORMATS as OUTPUT_FORMATS
 from audio.errors import InputError
 
-OUTPUT_FORMATS = ("wav", "mp3", "flac", "opus", "aac", "pcm")
-DELIVERY_MODES = ("auto", "base64", "s3")
 INFO_ACTIONS = ("health", "voices", "languages", "models")
 
 

@@ -198,7 +198,12 @@ def make_engine(settings: Settings, variant: ModelVariant, tts: Any, runtime: Ru
         )
         return ReferenceEngine(variant, tts, runtime)
     graphs = settings.cuda_graphs == "auto" and runtime.device.startswith("cuda")
-    return FastEngine(variant, tts, runtime, cuda_graphs=graphs, max_batch=settings.max_batch)
+    # The longest audio a chunk's budget allows (CJK text weighs up to 2 per character): what CUDA graphs' static
+    # cache is sized for; longer calls run eagerly.
+    longest_s = settings.max_s_per_char * 2 * settings.chunk_max_chars + settings.duration_slack_s
+    return FastEngine(
+        variant, tts, runtime, cuda_graphs=graphs, max_batch=settings.max_batch, graph_longest_s=longest_s
+    )
 
 
 def _load_qwen_tts(path: Path, tokenizer: Path, runtime: Runtime) -> Any:

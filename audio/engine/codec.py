@@ -7,8 +7,10 @@ byte-identical to the reference engine's.
 
 `IncrementalDecoder` serves streaming: every `piece_frames` new frames it decodes them with up to
 `left_context_frames` earlier frames as left context (the decoder is causal) and drops the context's samples,
-the approximation qwen_tts's own `chunked_decode` makes. A cloned voice's reference codes are the first left
-context, so only new frames are decoded.
+the approximation qwen_tts's own `chunked_decode` makes. Its default context is the decoder transformer's
+sliding window (72 frames), not chunked_decode's 25: pieces of ~1 s put a seam every second, and measured on the
+tiny checkpoints 25 frames leave up to 2.3e-3 of difference from the whole decode (cloned voices), 72 frames
+about 2.5e-5. A cloned voice's reference codes are the first left context, so only new frames are decoded.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-LEFT_CONTEXT_FRAMES = 25  # qwen_tts's chunked_decode default
+CHUNKED_DECODE_CONTEXT_FRAMES = 25  # qwen_tts's chunked_decode default, for decoders without a sliding window
 
 
 def decode_whole(tts: Any, codes: Sequence[torch.Tensor], ref_codes: Sequence[torch.Tensor | None]) -> list[np.ndarray]:
@@ -42,11 +44,14 @@ class IncrementalDecoder:
         tts: Any,
         *,
         piece_frames: int,
-        left_context_frames: int = LEFT_CONTEXT_FRAMES,
+        left_context_frames: int | None = None,
         ref_codes: torch.Tensor | None = None,
     ):
         tokenizer = tts.model.speech_tokenizer
         self._decoder = tokenizer.model.decoder
+        if left_context_frames is None:
+            window = getattr(self._decoder.config, "sliding_window", None)
+            left_context_frames = int(window) if window else CHUNKED_DECODE_CONTEXT_FRAMES
         self._frame_samples = int(tokenizer.get_decode_upsample_rate())
         self.piece_frames = max(1, piece_frames)
         self.left_context_frames = left_context_frames

@@ -9,6 +9,7 @@ steps replay as CUDA graphs when `cuda_graphs` is on and the warm-up check passe
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from audio.speech import AudioPiece, ChunkRequest, Voice
 log = logging.getLogger(__name__)
 
 DEFAULT_PIECE_FRAMES = 12  # about 1 s of audio at 12.5 frames/s
+GRAPH_PROMPT_TOKENS = 1024
 
 
 class FastEngine(QwenSpeech):
@@ -29,7 +31,16 @@ class FastEngine(QwenSpeech):
     streams = True
     batch_independent = True
 
-    def __init__(self, variant: Any, tts: Any, runtime: Any, *, cuda_graphs: bool = False, max_batch: int = 8):
+    def __init__(
+        self,
+        variant: Any,
+        tts: Any,
+        runtime: Any,
+        *,
+        cuda_graphs: bool = False,
+        max_batch: int = 8,
+        graph_longest_s: float = 60.0,
+    ):
         super().__init__(variant, tts, runtime)
         from audio.engine.decode_loop import FrameLoop
 
@@ -44,11 +55,16 @@ class FastEngine(QwenSpeech):
             suppress_tokens=[i for i in range(vocab - 1024, vocab) if i != eos],
             min_new_tokens=2,
         )
-        self.graphs = None
+        self.cuda_graphs = False
         if cuda_graphs:
-            from audio.engine.graphs import GraphRunner
+            from audio.engine.graphs import GraphSteps
 
-            self.graphs = GraphRunner.try_enable(self.loop, max_batch=max_batch)
+            # Room for the longest prompt (text, instruct, a cloned voice's reference codes) and chunk.
+            max_len = GRAPH_PROMPT_TOKENS + math.ceil(graph_longest_s * self.frame_rate_hz)
+            steps = GraphSteps.try_enable(self.loop, max_batch=max_batch, max_len=max_len)
+            if steps is not None:
+                self.loop.steps = steps
+                self.cuda_graphs = True
 
     def frames(
         self,
@@ -76,8 +92,7 @@ class FastEngine(QwenSpeech):
             RowPrompt(inputs.inputs_embeds[i][mask[i]], inputs.trailing_text_hidden[i]) for i in range(len(texts))
         ]
         row_sampling = sampling or [RowSampling.from_talker_kwargs(inputs.talker_kwargs)] * len(texts)
-        runner = self.graphs or self.loop
-        return runner.run(
+        return self.loop.run(
             prompts,
             inputs.tts_pad_embed,
             [r.budget_frames for r in requests],

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -144,19 +145,121 @@ def _runpod_logger() -> Path:
     return Path(spec.origin).parent / "serverless" / "modules" / "rp_logger.py"
 
 
-SOURCES_READING = {
-    "QWEN_TTS_": [ROOT / "audio" / "settings.py", ROOT / "handler.py"],
-    "BUCKET_": [ROOT / "audio" / "delivery.py"],
-    "S3_": [ROOT / "audio" / "delivery.py"],
-    "RUNPOD_": [_runpod_logger()],
+class RecordingEnv(Mapping[str, str]):
+    """An environment that records every variable it is asked for."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self.values = dict(values)
+        self.asked: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        self.asked.add(key)
+        return self.values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        raise AssertionError("Settings.from_env must ask for its variables by name, not iterate the environment")
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+HUB_DEFAULTS = {key: str(entry["default"]) for key, entry in HUB_ENV.items() if "default" in entry}
+
+
+def variables_settings_reads() -> set[str]:
+    """Every variable Settings.from_env (S3Config.from_env included) asks for. Some are asked for only when others
+    are set (S3's key prefix and URL lifetime, once S3 is configured): recorded over several environments."""
+    asked: set[str] = set()
+    for values in ({}, S3_CONFIGURED, HUB_DEFAULTS, {**HUB_DEFAULTS, **S3_CONFIGURED}):
+        env = RecordingEnv(values)
+        Settings.from_env(env)
+        asked |= env.asked
+    return asked
+
+
+SETTINGS_READS = variables_settings_reads()
+
+# Older names the worker still reads; the Hub form offers the current name, whose description names the old one.
+ALIASES = {
+    "S3_ENDPOINT": "BUCKET_ENDPOINT_URL",
+    "S3_ACCESS_KEY": "BUCKET_ACCESS_KEY_ID",
+    "S3_SECRET_KEY": "BUCKET_SECRET_ACCESS_KEY",
+    "BUCKET_NAME": "S3_BUCKET",
 }
 
 
+# Hub variables read by something other than Settings.from_env, and the file that reads each.
+READ_ELSEWHERE = {
+    "QWEN_TTS_LOG_LEVEL": ROOT / "handler.py",  # configure_logging
+    "RUNPOD_LOG_LEVEL": _runpod_logger(),
+}
+
+
+def test_every_variable_settings_reads_is_in_hub_json():
+    missing = sorted(SETTINGS_READS - set(HUB_ENV) - set(ALIASES))
+    assert not missing, (
+        f"Settings.from_env reads {', '.join(missing)}, missing from .runpod/hub.json config.env: add an entry "
+        "for each (key; input: name, type, description, default = the worker's default; advanced if it is one), "
+        "and a row in README's Configuration table"
+    )
+
+
+def test_every_hub_variable_is_read_by_the_worker():
+    unread = sorted(set(HUB_ENV) - SETTINGS_READS - set(READ_ELSEWHERE))
+    assert not unread, (
+        f".runpod/hub.json config.env has {', '.join(unread)}, which Settings.from_env never reads: read it in "
+        "audio/settings.py, list it in READ_ELSEWHERE (tests/test_scripts.py) with the file that reads it, "
+        "or remove the entry"
+    )
+
+
+@pytest.mark.parametrize("key", list(READ_ELSEWHERE))
+def test_variables_read_elsewhere_are_read_there(key):
+    assert f'"{key}"' in READ_ELSEWHERE[key].read_text(), f"{key} is not read in {READ_ELSEWHERE[key]}"
+
+
+@pytest.mark.parametrize("alias, name", list(ALIASES.items()))
+def test_older_names_mean_the_same_and_are_documented(alias, name):
+    assert alias in SETTINGS_READS, f"{alias} is no longer read: drop it from ALIASES and from {name}'s description"
+    value = S3_CONFIGURED.get(name, "other-bucket")
+    base = {k: v for k, v in S3_CONFIGURED.items() if k != name}
+    assert Settings.from_env({**base, alias: value}) == Settings.from_env({**base, name: value})
+    assert f"Older name: {alias}." in HUB_ENV[name]["description"]
+
+
+def test_the_recording_sees_conditional_reads():
+    assert {"S3_KEY_PREFIX", "S3_URL_EXPIRY_SECONDS", "HF_HOME", "QWEN_TTS_MAX_INLINE_BYTES"} <= SETTINGS_READS
+
+
 @pytest.mark.parametrize("key", list(HUB_ENV))
-def test_hub_variables_are_read_by_the_worker(key):
-    prefix = next(p for p in SOURCES_READING if key.startswith(p))
-    sources = SOURCES_READING[prefix]
-    assert any(f'"{key}"' in path.read_text() for path in sources), f"{key} is read by none of {sources}"
+def test_hub_variables_are_documented(key):
+    entry = HUB_ENV[key]
+    assert entry["name"].strip() and len(entry["description"]) >= 20
+    assert entry["type"] in ("string", "number", "boolean")
+
+
+PRESETS = {preset["name"]: preset["defaults"] for preset in HUB["config"]["presets"]}
+
+
+def preset_env(defaults: Mapping[str, object]) -> dict[str, str]:
+    return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in defaults.items()}
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_set_hub_variables_to_valid_values(name):
+    defaults = PRESETS[name]
+    assert set(defaults) <= set(HUB_ENV)
+    for key, value in defaults.items():
+        if "options" in HUB_ENV[key]:
+            assert value in [option["value"] for option in HUB_ENV[key]["options"]]
+    settings = Settings.from_env(preset_env(defaults))
+    assert settings.preload == (settings.default_model,)  # warm before the first job
+    assert settings.auto_download  # a one-click deployment without the weights on a volume still starts
+
+
+def test_presets_are_quality_low_cost_and_clone():
+    models = [Settings.from_env(preset_env(d)).default_model for d in PRESETS.values()]
+    assert models == ["1.7B-CustomVoice", "0.6B-CustomVoice", "1.7B-Base"]
 
 
 def _cuda(version: str) -> tuple[int, int]:
@@ -174,6 +277,14 @@ def test_allowed_cuda_versions_fit_the_image(config):
 
 
 # -- Dockerfile -----------------------------------------------------------------------------------------------
+
+
+def test_root_dockerfile_is_dockerfile_serverless():
+    """The RunPod Hub builds `Dockerfile`; the documented builds use `-f Dockerfile.serverless`: one content."""
+    root = (ROOT / "Dockerfile").read_bytes()
+    assert root == (ROOT / "Dockerfile.serverless").read_bytes(), (
+        "Dockerfile and Dockerfile.serverless differ: they must be identical (edit one, then copy it over the other)"
+    )
 
 
 def test_dockerfile_copies_files_that_exist():

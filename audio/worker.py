@@ -20,12 +20,13 @@ import soundfile as sf
 from audio import catalog, encoders, joiner, postprocess
 from audio.delivery import Deliverer
 from audio.errors import InputError
-from audio.generator import Generator, GeneratorConfig, SpeechModel, Synthesis
+from audio.generator import Generator, GeneratorConfig, Synthesis
 from audio.model_loader import ModelCache, find_model_path, versions
 from audio.openai_compat import is_openai_job, to_job_input
 from audio.quality import QualityLimits
 from audio.schema import INFO_ACTIONS, JobPlan, parse_job, plan_job
 from audio.settings import Settings
+from audio.speech import SpeechModel
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,7 @@ class Worker:
                 "device": runtime.device,
                 "dtype": runtime.dtype,
                 "attention": runtime.attention,
+                "engine": self.settings.engine,
                 "loaded_models": self.models.loaded(),
                 "default_model": self.settings.default_model,
                 "output_formats": encoders.available_formats(),

@@ -123,6 +123,7 @@ class SegmentPlan:
     ref_text: str | None = None
     x_vector_only: bool = False
     pause_ms: int = 300  # silence before this segment (ignored for the first)
+    saved_voice: str | None = None  # a saved voice's voice_id (Base models); its reference is on the volume
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,8 @@ class Settings:
     duration_slack_s: float = 2.0
     max_inline_bytes: int = 19_000_000
     s3: S3Config | None = None
+    allow_private_urls: bool = False  # ref_audio URLs to loopback/private/link-local addresses
+    voice_cache: int = 32  # clone prompts kept per worker
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -127,4 +129,6 @@ class Settings:
             max_s_per_char=_float(env, "QWEN_TTS_MAX_SECONDS_PER_CHAR", 0.25),
             max_inline_bytes=_int(env, "QWEN_TTS_MAX_INLINE_BYTES", 19_000_000, minimum=1),
             s3=S3Config.from_env(env),
+            allow_private_urls=_bool(env, "QWEN_TTS_ALLOW_PRIVATE_URLS", False),
+            voice_cache=_int(env, "QWEN_TTS_VOICE_CACHE", 32),
         )

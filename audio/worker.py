@@ -24,8 +24,10 @@ from audio.generator import Generator, GeneratorConfig, SpeechModel, Synthesis
 from audio.model_loader import ModelCache, find_model_path, versions
 from audio.openai_compat import is_openai_job, to_job_input
 from audio.quality import QualityLimits
-from audio.schema import INFO_ACTIONS, JobPlan, parse_job, plan_job
+from audio.reference import FetchPolicy, Reference, decode_reference
+from audio.schema import INFO_ACTIONS, JobPlan, SegmentPlan, parse_job, plan_job
 from audio.settings import Settings
+from audio.voice_cache import ClonePromptCache
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +68,25 @@ class Worker:
         *,
         models: ModelCache | None = None,
         get_model: Callable[[str], SpeechModel] | None = None,
+        fetch_policy: FetchPolicy | None = None,
     ):
         self.settings = settings
         self.models = models or ModelCache(settings)
+        # Tests inject a resolver/connector here to reach a loopback server under a "public" name.
+        self.fetch_policy = fetch_policy or FetchPolicy(allow_private=settings.allow_private_urls)
+        self.prompts = ClonePromptCache(settings.voice_cache)
         # Tests may wrap the real models (failure injection, call counting); production uses the cache.
-        self.generator = Generator(get_model or self.models.get, generator_config(settings))
+        self.generator = Generator(
+            get_model or self.models.get,
+            generator_config(settings),
+            reference_for=self._reference_for,
+            prompts=self.prompts,
+        )
         self.deliverer = Deliverer(settings.s3, settings.max_inline_bytes)
         self.started_at = time.time()
+
+    def _reference_for(self, segment: SegmentPlan, sample_rate: int) -> Reference:
+        return decode_reference(segment.ref_audio, sample_rate, self.fetch_policy)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def preload(self) -> None:
@@ -143,8 +157,11 @@ class Worker:
         }
         if plan.speed != 1.0:
             metadata["speed"] = plan.speed
-        if plan.warnings:
-            metadata["warnings"] = plan.warnings
+        if synthesis.voice_cache is not None:
+            metadata["voice_cache"] = synthesis.voice_cache
+        warnings = plan.warnings + synthesis.warnings
+        if warnings:
+            metadata["warnings"] = warnings
         log.info(
             "job %s: %d segment(s), %d chunk(s), %.1fs audio in %.1fs (%d retries)",
             job_id,

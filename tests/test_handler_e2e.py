@@ -244,7 +244,8 @@ def test_reference_audio_by_url_clones_like_the_same_bytes_inline(make_worker, w
 def test_unknown_action_lists_the_actions(worker):
     assert run(worker, {"action": "dance"})["error"] == {
         "code": "invalid_input",
-        "message": "unknown action 'dance': use synthesize, health, voices, languages, models",
+        "message": "unknown action 'dance': use synthesize, health, voices, languages, models, create_voice, "
+        "list_voices, get_voice, delete_voice",
     }
 
 

@@ -1,8 +1,9 @@
 """The chunking generator: split a job's text, generate chunks in batches, check and retry, then join.
 
-It knows models only through the small `SpeechModel` protocol (what `model_loader.LoadedModel` offers), so a
-test can wrap the real model to inject failures. Invalid input never reaches here; no sleeps, no silent drops:
-a chunk that still fails after its retries fails the job.
+It knows models only through the engine seam (`audio.speech.SpeechModel`), so a test can wrap the real model to
+inject failures. Each chunk samples from its own seed (job seed, chunk, attempt), so a retry draws a new sample
+and, with the fast engine, a chunk's audio does not depend on what shares its batch. Invalid input never
+reaches here; no sleeps, no silent drops: a chunk that still fails after its retries fails the job.
 """
 
 from __future__ import annotations
@@ -11,41 +12,22 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from audio import joiner
 from audio.errors import SynthesisError
-from audio.model_loader import Voice
 from audio.quality import QualityLimits, check_chunk, frame_budget
 from audio.reference import Reference, decode_reference
 from audio.schema import JobPlan, SegmentPlan
+from audio.speech import ChunkRequest, SpeechModel, Voice
 from audio.splitter import split_text, text_weight
 from audio.voice_cache import ClonePromptCache
 
 log = logging.getLogger(__name__)
-
-
-class SpeechModel(Protocol):
-    sample_rate: int
-    frame_samples: int
-
-    def clone_prompt(self, voice: Voice) -> Any: ...
-
-    def generate(
-        self,
-        texts: Sequence[str],
-        *,
-        language: str,
-        voice: Voice,
-        seed: int,
-        max_new_tokens: int,
-        params: dict[str, Any],
-        clone_prompt: Any = None,
-    ) -> list[np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -138,9 +120,7 @@ class Generator:
             pending = batch
             for attempt in range(self.config.max_retries + 1):
                 started = time.perf_counter()
-                failures = self._generate(
-                    model, voice, language, prompt, pending, plan, _derive_seed(seed, batch_no, attempt)
-                )
+                failures = self._generate(model, voice, language, prompt, pending, plan, seed, attempt)
                 model_time_s += time.perf_counter() - started
                 if not failures:
                     break
@@ -225,6 +205,7 @@ class Generator:
         batch: list[Chunk],
         plan: JobPlan,
         seed: int,
+        attempt: int,
     ) -> list[tuple[Chunk, str]]:
         frame_rate = model.sample_rate / model.frame_samples
         limits = self.config.limits
@@ -232,17 +213,11 @@ class Generator:
         user_cap = plan.max_new_tokens
         if user_cap is not None:
             budgets = [max(1, min(b, user_cap - 1)) for b in budgets]
-        wavs = model.generate(
-            [c.text for c in batch],
-            language=language,
-            voice=voice,
-            seed=seed,
-            # qwen_tts keeps one frame fewer than it samples tokens: a step's residual codebooks are
-            # predicted on the next step, so the last token never becomes audio.
-            max_new_tokens=max(budgets) + 1,
-            params=plan.sampling,
-            clone_prompt=prompt,
-        )
+        requests = [
+            ChunkRequest(c.text, budget, _derive_seed(seed, c.index, attempt))
+            for c, budget in zip(batch, budgets, strict=True)
+        ]
+        wavs = model.generate(requests, language=language, voice=voice, params=plan.sampling, clone_prompt=prompt)
         failures = []
         for chunk, wav, budget in zip(batch, wavs, budgets, strict=True):
             frames = -(-len(wav) // model.frame_samples)

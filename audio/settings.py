@@ -9,6 +9,7 @@ from pathlib import Path
 
 from audio.catalog import DEFAULT_MODEL, find_model
 from audio.delivery import S3Config
+from audio.speech import DEFAULT_ENGINE, ENGINES
 
 DEFAULT_MODEL_DIR = "/runpod-volume/models"
 DEFAULT_VOICE_DIR = "/runpod-volume/voices"
@@ -52,6 +53,15 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ValueError(f"{name} must be true or false, got {raw!r}")
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 def _model_name(raw: str, variable: str) -> str:
     variant = find_model(raw)
     if variant is None:
@@ -77,6 +87,8 @@ class Settings:
     default_model: str = DEFAULT_MODEL
     device: str = "auto"  # auto | cuda | cuda:N | cpu
     dtype: str = "auto"  # auto | bfloat16 | float16 | float32
+    engine: str = DEFAULT_ENGINE  # fast (our decode loop) | reference (qwen_tts's own generate)
+    cuda_graphs: str = "auto"  # auto (on with CUDA) | off
     max_loaded_models: int = 2
     auto_download: bool = False  # fetch a missing model from the Hugging Face hub into HF_HOME on first use
     preload: tuple[str, ...] = (DEFAULT_MODEL,)
@@ -120,6 +132,8 @@ class Settings:
             default_model=default_model,
             device=(env.get("QWEN_TTS_DEVICE") or "auto").strip().lower(),
             dtype=(env.get("QWEN_TTS_DTYPE") or "auto").strip().lower(),
+            engine=_choice(env, "QWEN_TTS_ENGINE", DEFAULT_ENGINE, ENGINES),
+            cuda_graphs=_choice(env, "QWEN_TTS_CUDA_GRAPHS", "auto", ("auto", "off")),
             max_loaded_models=_int(env, "QWEN_TTS_MAX_LOADED_MODELS", 2, minimum=1),
             auto_download=_bool(env, "QWEN_TTS_AUTO_DOWNLOAD", False),
             preload=preload,

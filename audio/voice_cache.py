@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from audio.model_loader import Voice
+from audio.speech import Voice
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import soundfile as sf
 from audio import catalog, encoders, joiner, postprocess
 from audio.delivery import Deliverer
 from audio.errors import InputError, ModelError
-from audio.generator import Generator, GeneratorConfig, SpeechModel, Synthesis
-from audio.model_loader import ModelCache, Voice, find_model_path, versions
+from audio.generator import Generator, GeneratorConfig, Synthesis
+from audio.model_loader import ModelCache, find_model_path, versions
 from audio.openai_compat import is_openai_job, to_job_input
 from audio.quality import QualityLimits
 from audio.reference import FetchPolicy, Reference, decode_audio, decode_reference, prepare, reference_bytes
@@ -38,6 +38,7 @@ from audio.schema import (
     resolve_job_language,
 )
 from audio.settings import Settings
+from audio.speech import SpeechModel, Voice
 from audio.voice_cache import ClonePromptCache
 from audio.voice_store import VoiceStore, check_name
 
@@ -264,6 +265,7 @@ class Worker:
                 "device": runtime.device,
                 "dtype": runtime.dtype,
                 "attention": runtime.attention,
+                "engine": self.settings.engine,
                 "loaded_models": self.models.loaded(),
                 "default_model": self.settings.default_model,
                 "output_formats": encoders.available_formats(),

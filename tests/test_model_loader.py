@@ -9,8 +9,9 @@ import pytest
 
 from audio.catalog import MODELS, TOKENIZER_DIR_NAME
 from audio.errors import ModelError
-from audio.model_loader import ModelCache, Voice, find_model_path, find_tokenizer_path, pick_runtime
+from audio.model_loader import ModelCache, find_model_path, find_tokenizer_path, pick_runtime
 from audio.settings import Settings
+from audio.speech import ChunkRequest, Voice
 
 CV = MODELS["0.6B-CustomVoice"]
 
@@ -53,7 +54,7 @@ def test_sibling_tokenizer_is_used_without_writing_to_the_volume(tiny_model_dir,
     assert find_tokenizer_path(model, settings) == volume / TOKENIZER_DIR_NAME
 
     loaded = ModelCache(settings).get(CV.name)
-    wavs = loaded.generate(["Hi."], language="Auto", voice=Voice(speaker="Ryan"), seed=1, max_new_tokens=3, params={})
+    wavs = loaded.generate([ChunkRequest("Hi.", 2, seed=1)], language="Auto", voice=Voice(speaker="Ryan"), params={})
     assert [len(w) for w in wavs] == [2 * loaded.frame_samples]
     assert sorted(p.relative_to(volume) for p in volume.rglob("*")) == before
 

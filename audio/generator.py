@@ -21,10 +21,11 @@ import numpy as np
 from audio import joiner
 from audio.errors import SynthesisError
 from audio.quality import QualityLimits, check_chunk, frame_budget
-from audio.reference import decode_reference
+from audio.reference import Reference, decode_reference
 from audio.schema import JobPlan, SegmentPlan
 from audio.speech import ChunkRequest, SpeechModel, Voice
 from audio.splitter import split_text, text_weight
+from audio.voice_cache import ClonePromptCache
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class Synthesis:
     retries: int
     seed: int
     model_time_s: float
+    warnings: list[str] = field(default_factory=list)  # e.g. a long reference cut
+    voice_cache: str | None = None  # "hit" when no clone prompt was built, "miss" when one was; None: no clone
 
 
 def _chunks_for(segment_index: int, segment: SegmentPlan, config: GeneratorConfig, start: int) -> list[Chunk]:
@@ -83,10 +86,24 @@ def _batches(chunks: list[Chunk], max_batch: int) -> list[list[Chunk]]:
     return [ordered[i : i + max_batch] for i in range(0, len(ordered), max_batch)]
 
 
+def _decode_inline(segment: SegmentPlan, sample_rate: int) -> Reference:
+    return decode_reference(segment.ref_audio, sample_rate)
+
+
 class Generator:
-    def __init__(self, get_model: Callable[[str], SpeechModel], config: GeneratorConfig):
+    def __init__(
+        self,
+        get_model: Callable[[str], SpeechModel],
+        config: GeneratorConfig,
+        *,
+        reference_for: Callable[[SegmentPlan, int], Reference] = _decode_inline,
+        prompts: ClonePromptCache | None = None,
+    ):
         self.get_model = get_model
         self.config = config
+        # A segment's reference at a model's rate: the worker's applies its URL policy and saved voices.
+        self.reference_for = reference_for
+        self.prompts = prompts or ClonePromptCache(capacity=0)
 
     def run(self, plan: JobPlan, *, on_progress: Callable[[int, int], None] | None = None) -> Synthesis:
         seed = plan.seed if plan.seed is not None else secrets.randbelow(2**32)
@@ -94,7 +111,8 @@ class Generator:
         for i, segment in enumerate(plan.segments):
             chunks.extend(_chunks_for(i, segment, self.config, len(chunks)))
 
-        work = self._batches_of(plan, chunks, self._voices(plan))
+        voices, warnings = self._voices(plan)
+        work, cache_hits = self._batches_of(plan, chunks, voices)
         done = 0
         retries = 0
         model_time_s = 0.0
@@ -126,37 +144,45 @@ class Generator:
             retries=retries,
             seed=seed,
             model_time_s=model_time_s,
+            warnings=warnings,
+            voice_cache=None if not cache_hits else ("hit" if all(cache_hits) else "miss"),
         )
 
-    def _batches_of(self, plan: JobPlan, chunks: list[Chunk], voices: list[Voice]) -> list[tuple]:
+    def _batches_of(self, plan: JobPlan, chunks: list[Chunk], voices: list[Voice]) -> tuple[list[tuple], list[bool]]:
         """(model, voice, language, clone prompt, chunks) per generate call: chunks that share model, voice
-        and language are batched together, across segments too."""
+        and language are batched together, across segments too. Also whether each clone prompt was cached."""
         groups: dict[tuple, list[Chunk]] = {}
         for chunk in chunks:
             seg = plan.segments[chunk.segment]
             groups.setdefault((seg.model.name, voices[chunk.segment].key(), seg.language), []).append(chunk)
         work = []
-        prompts: dict[tuple, Any] = {}  # a clone voice's prompt is built once per job, whatever the language
+        prompts: dict[tuple, Any] = {}  # a clone voice's prompt is fetched once per job, whatever the language
+        hits = []
         for (model_name, voice_key, language), members in groups.items():
             model = self.get_model(model_name)
             voice = voices[members[0].segment]
             prompt = None
             if voice.ref_audio is not None:
                 if (model_name, voice_key) not in prompts:
-                    prompts[model_name, voice_key] = model.clone_prompt(voice)
+                    prompts[model_name, voice_key], hit = self.prompts.get(model_name, model, voice)
+                    hits.append(hit)
                 prompt = prompts[model_name, voice_key]
             work.extend((model, voice, language, prompt, batch) for batch in _batches(members, self.config.max_batch))
-        return work
+        return work, hits
 
-    def _voices(self, plan: JobPlan) -> list[Voice]:
-        references = {}
+    def _voices(self, plan: JobPlan) -> tuple[list[Voice], list[str]]:
+        references: dict[tuple, Reference] = {}
         voices = []
+        warnings: list[str] = []
         for seg in plan.segments:
             ref = None
-            if seg.ref_audio is not None:
-                if seg.ref_audio not in references:
-                    references[seg.ref_audio] = decode_reference(seg.ref_audio)
-                ref = references[seg.ref_audio]
+            if seg.ref_audio is not None or seg.saved_voice is not None:
+                rate = self.get_model(seg.model.name).sample_rate
+                source = (seg.ref_audio, seg.saved_voice, rate)
+                if source not in references:
+                    references[source] = self.reference_for(seg, rate)
+                    warnings.extend(references[source].warnings)
+                ref = references[source]
             voices.append(
                 Voice(
                     speaker=seg.speaker,
@@ -165,9 +191,10 @@ class Generator:
                     ref_text=seg.ref_text,
                     x_vector_only=seg.x_vector_only,
                     ref_key=ref.key if ref else None,
+                    saved_voice=seg.saved_voice,
                 )
             )
-        return voices
+        return voices, warnings
 
     def _generate(
         self,

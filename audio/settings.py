@@ -12,6 +12,7 @@ from audio.delivery import S3Config
 from audio.speech import DEFAULT_ENGINE, ENGINES
 
 DEFAULT_MODEL_DIR = "/runpod-volume/models"
+DEFAULT_VOICE_DIR = "/runpod-volume/voices"
 RUNPOD_HF_CACHE = "/runpod-volume/huggingface-cache/hub"
 
 
@@ -105,6 +106,11 @@ class Settings:
     duration_slack_s: float = 2.0
     max_inline_bytes: int = 19_000_000
     s3: S3Config | None = None
+    allow_private_urls: bool = False  # ref_audio URLs to loopback/private/link-local addresses
+    voice_cache: int = 32  # clone prompts kept per worker
+    voice_dir: Path = Path(DEFAULT_VOICE_DIR)
+    max_saved_voices: int = 1000
+    voices_readonly: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -141,4 +147,9 @@ class Settings:
             max_s_per_char=_float(env, "QWEN_TTS_MAX_SECONDS_PER_CHAR", 0.25),
             max_inline_bytes=_int(env, "QWEN_TTS_MAX_INLINE_BYTES", 19_000_000, minimum=1),
             s3=S3Config.from_env(env),
+            allow_private_urls=_bool(env, "QWEN_TTS_ALLOW_PRIVATE_URLS", False),
+            voice_cache=_int(env, "QWEN_TTS_VOICE_CACHE", 32),
+            voice_dir=Path(env.get("QWEN_TTS_VOICE_DIR") or DEFAULT_VOICE_DIR),
+            max_saved_voices=_int(env, "QWEN_TTS_MAX_SAVED_VOICES", 1000),
+            voices_readonly=_bool(env, "QWEN_TTS_VOICES_READONLY", False),
         )

@@ -28,6 +28,7 @@ class Voice:
     ref_text: str | None = None
     x_vector_only: bool = False
     ref_key: str | None = None  # identifies the reference audio, for caching its clone prompt
+    saved_voice: str | None = None  # the voice_id of a saved voice, whose prompts are kept on the volume
 
     def key(self) -> tuple:
         return (self.speaker, self.instruct, self.ref_key, self.ref_text, self.x_vector_only)

@@ -1,8 +1,11 @@
-"""Turning mono float samples into the bytes of one output format (wav, mp3, flac, opus, aac, pcm).
+"""Turning mono float samples into the bytes of one output format (wav, mp3, flac, opus, aac, pcm, ulaw, alaw).
 
 Owns the format list, their content types, the float -> int16 conversion and which formats this machine
 can encode. wav, flac, mp3 and opus are written in process by libsndfile (through soundfile); only aac
-needs the ffmpeg binary, so a worker image without ffmpeg still serves every other format.
+needs the ffmpeg binary, so a worker image without ffmpeg still serves every other format. ulaw/alaw are
+G.711 (8 kHz, one byte a sample, raw; a WAV header on request), computed here bit-exactly as ITU-T G.711 /
+Python's audioop do. `StreamEncoder` encodes audio that arrives in pieces (streaming): pcm, wav (a header with
+0xFFFFFFFF sizes), ulaw/alaw in process; mp3, opus and aac through one ffmpeg process per stream.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import functools
 import io
 import re
 import shutil
+import struct
 import subprocess
+import threading
 
 import numpy as np
 import soundfile as sf
@@ -19,7 +24,10 @@ import soundfile as sf
 from audio.errors import InputError
 from audio.postprocess import resample
 
-FORMATS = ("wav", "mp3", "flac", "opus", "aac", "pcm")
+FORMATS = ("wav", "mp3", "flac", "opus", "aac", "pcm", "ulaw", "alaw")
+G711_FORMATS = ("ulaw", "alaw")
+G711_SAMPLE_RATE = 8000  # G.711 is defined at 8 kHz; other rates are refused, not silently resampled
+STREAM_FORMATS = ("pcm", "wav", "mp3", "opus", "aac", "ulaw", "alaw")  # what StreamEncoder can cut (not flac)
 
 CONTENT_TYPES: dict[str, str] = {
     "wav": "audio/wav",
@@ -30,7 +38,10 @@ CONTENT_TYPES: dict[str, str] = {
     # Not audio/L16: RFC 2586 defines L16 as big-endian and requires rate/channels parameters, while these
     # bytes are headerless little-endian s16 mono at the requested rate, which the caller already knows.
     "pcm": "application/octet-stream",
+    "ulaw": "audio/basic",  # RFC 2046: 8 kHz mono mu-law
+    "alaw": "audio/x-alaw-basic",
 }
+WAV_CONTENT_TYPE = "audio/wav"  # ulaw/alaw with a WAV header
 
 MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 OPUS_SAMPLE_RATES = (8000, 12000, 16000, 24000, 48000)
@@ -66,7 +77,7 @@ def default_mp3_bitrate(sample_rate: int) -> int:
 def available_formats() -> list[str]:
     """The formats this machine can encode right now, in FORMATS order."""
     sndfile = _sndfile_support()
-    have = {"wav", "flac", "pcm"} | {f for f in ("mp3", "opus") if f in sndfile}
+    have = {"wav", "flac", "pcm", *G711_FORMATS} | {f for f in ("mp3", "opus") if f in sndfile}
     if _ffmpeg() is not None:
         have.add("aac")
     return [f for f in FORMATS if f in have]
@@ -92,6 +103,8 @@ def check_encodable(fmt: str, sample_rate: int | None) -> None:
     # audio at a rate the caller didn't ask for, so an unsupported rate is the caller's to fix.
     if sample_rate is None:
         return
+    if fmt in G711_FORMATS and sample_rate != G711_SAMPLE_RATE:
+        raise InputError(f"{fmt} (G.711) is 8000 Hz audio; leave sample_rate out or set it to 8000, not {sample_rate}")
     if fmt == "mp3" and sample_rate not in MP3_SAMPLE_RATES:
         raise InputError(f"mp3 supports sample rates {', '.join(map(str, MP3_SAMPLE_RATES))} Hz, not {sample_rate}")
     if fmt == "aac" and sample_rate not in AAC_SAMPLE_RATES:
@@ -105,7 +118,19 @@ def encoded_rate(fmt: str, sample_rate: int) -> int:
     return sample_rate
 
 
-def encode(samples: np.ndarray, sample_rate: int, fmt: str, *, mp3_bitrate_kbps: int | None = None) -> bytes:
+def default_rate(fmt: str, model_rate: int) -> int:
+    """The output rate when a job names none: the model's, except G.711's fixed 8 kHz."""
+    return G711_SAMPLE_RATE if fmt in G711_FORMATS else model_rate
+
+
+def encode(
+    samples: np.ndarray,
+    sample_rate: int,
+    fmt: str,
+    *,
+    mp3_bitrate_kbps: int | None = None,
+    wav_header: bool = False,
+) -> bytes:
     """Encode mono samples (float, nominally [-1, 1]) at sample_rate as fmt.
 
     Raises InputError for an unknown format, a format this machine can't encode, an mp3 or aac sample rate
@@ -128,8 +153,13 @@ def encode(samples: np.ndarray, sample_rate: int, fmt: str, *, mp3_bitrate_kbps:
         # libsndfile writes nothing at all for an empty flac or mp3 (0 bytes, not a valid file).
         raise ValueError("no samples to encode")
 
+    if wav_header and fmt not in G711_FORMATS:
+        raise InputError(f"wav_header applies only to {' and '.join(G711_FORMATS)}, not {fmt}")
     if fmt == "pcm":
         return to_int16(samples).astype("<i2").tobytes()
+    if fmt in G711_FORMATS:
+        data = g711(samples, fmt)
+        return wav_header_bytes(sample_rate, fmt, len(data)) + data if wav_header else data
     if fmt == "wav":
         return _sndfile_write(to_int16(samples), sample_rate, "WAV", "PCM_16")
     if fmt == "flac":
@@ -149,6 +179,8 @@ def decode(data: bytes, fmt: str) -> tuple[np.ndarray, int]:
     measure what a listener gets from a lossy stream. pcm carries no rate: it comes back as 0."""
     if fmt == "pcm":
         return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0, 0
+    if fmt in G711_FORMATS and data[:4] != b"RIFF":
+        return g711_decode(data, fmt).astype(np.float32) / 32768.0, G711_SAMPLE_RATE
     if fmt != "aac":
         samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
         return samples.mean(axis=1), int(rate)
@@ -273,3 +305,152 @@ def _encode_aac(samples: np.ndarray, sample_rate: int) -> bytes:
         err = proc.stderr.decode(errors="replace").strip()[-500:]
         raise RuntimeError(f"ffmpeg aac encoding failed (exit {proc.returncode}): {err}")
     return proc.stdout
+
+
+# -- G.711 ---------------------------------------------------------------------------------------------------------
+# The segment end points of ITU-T G.711 (Sun's g711.c, which CPython's audioop uses): mu-law on 14-bit magnitudes
+# with a bias of 33, A-law on 13-bit magnitudes.
+_ULAW_SEG_END = np.array([0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF])
+_ALAW_SEG_END = np.array([0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF])
+_WAVE_FORMAT = {"ulaw": 7, "alaw": 6}  # WAVE_FORMAT_MULAW, WAVE_FORMAT_ALAW
+_WAV_UNKNOWN_SIZE = 0xFFFFFFFF
+
+
+def g711(samples: np.ndarray, fmt: str) -> bytes:
+    """Float samples to G.711 bytes (`ulaw` or `alaw`), through int16 as `to_int16` rounds them."""
+    pcm = to_int16(np.asarray(samples)).astype(np.int32)
+    if fmt == "ulaw":
+        val = pcm >> 2
+        mask = np.where(val < 0, 0x7F, 0xFF)
+        mag = np.minimum(np.abs(val), 8159) + 0x21
+        seg = np.searchsorted(_ULAW_SEG_END, mag)
+        code = (seg << 4) | ((mag >> (seg + 1)) & 0xF)
+    elif fmt == "alaw":
+        val = pcm >> 3
+        mask = np.where(val >= 0, 0xD5, 0x55)
+        mag = np.where(val >= 0, val, -val - 1)
+        seg = np.searchsorted(_ALAW_SEG_END, mag)
+        code = (seg << 4) | ((mag >> np.maximum(seg, 1)) & 0xF)
+    else:
+        raise ValueError(f"not a G.711 format: {fmt!r}")
+    code = np.where(seg >= 8, 0x7F, code)
+    return (code ^ mask).astype(np.uint8).tobytes()
+
+
+def g711_decode(data: bytes, fmt: str) -> np.ndarray:
+    """G.711 bytes back to int16 samples (as audioop's ulaw2lin / alaw2lin)."""
+    u = np.frombuffer(data, dtype=np.uint8).astype(np.int32)
+    if fmt == "ulaw":
+        u = ~u & 0xFF
+        t = (((u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4)
+        return np.where(u & 0x80, 0x84 - t, t - 0x84).astype(np.int16)
+    a = u ^ 0x55
+    seg = (a & 0x70) >> 4
+    t = (a & 0x0F) << 4
+    t = np.where(seg == 0, t + 8, np.where(seg == 1, t + 0x108, (t + 0x108) << np.maximum(seg - 1, 0)))
+    return np.where(a & 0x80, t, -t).astype(np.int16)
+
+
+def wav_header_bytes(sample_rate: int, fmt: str, data_bytes: int | None) -> bytes:
+    """A RIFF/WAVE header for mono `pcm` (s16) or G.711 data; `data_bytes` None (a stream of unknown length)
+    writes 0xFFFFFFFF sizes, which libsndfile, ffmpeg and browsers read as "to the end"."""
+    if fmt in G711_FORMATS:
+        tag, bits = _WAVE_FORMAT[fmt], 8
+        fmt_chunk = struct.pack("<HHIIHHH", tag, 1, sample_rate, sample_rate, 1, bits, 0)
+        # Non-PCM WAVE files carry a fact chunk with the sample count (one byte a sample here).
+        fact = b"fact" + struct.pack("<II", 4, _WAV_UNKNOWN_SIZE if data_bytes is None else data_bytes)
+    else:
+        fmt_chunk = struct.pack("<HHIIHH", 1, 1, sample_rate, sample_rate * 2, 2, 16)
+        fact = b""
+    head = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt_chunk)) + fmt_chunk + fact
+    if data_bytes is None:
+        riff, data = _WAV_UNKNOWN_SIZE, _WAV_UNKNOWN_SIZE
+    else:
+        riff, data = len(head) + 8 + data_bytes, data_bytes
+    return b"RIFF" + struct.pack("<I", riff) + head + b"data" + struct.pack("<I", data)
+
+
+# -- streaming -----------------------------------------------------------------------------------------------------
+_FFMPEG_STREAM_ARGS = {
+    "mp3": ["-c:a", "libmp3lame", "-f", "mp3"],
+    "opus": ["-c:a", "libopus", "-f", "ogg"],
+    "aac": ["-c:a", "aac", "-f", "adts"],
+}
+
+
+def check_streamable(fmt: str, sample_rate: int) -> None:
+    """Raise the InputError a StreamEncoder for fmt at sample_rate would meet."""
+    if fmt not in STREAM_FORMATS:
+        raise InputError(f"{fmt} can't be streamed; stream one of {', '.join(STREAM_FORMATS)}")
+    check_encodable(fmt, sample_rate)
+    if fmt in _FFMPEG_STREAM_ARGS and _ffmpeg() is None:
+        raise InputError(f"streaming {fmt} needs ffmpeg, which this worker image lacks; stream pcm, wav or G.711")
+
+
+class StreamEncoder:
+    """One output stream's encoder: `push(samples)` returns the bytes ready so far (possibly none), `finish()`
+    the rest; together they are one valid file of `fmt`. wav starts with a header of unknown (0xFFFFFFFF)
+    sizes and, like ulaw/alaw with `wav_header`, carries the samples as they come; mp3, opus and aac are one
+    ffmpeg process fed s16 over a pipe, its output drained by a thread."""
+
+    def __init__(self, fmt: str, sample_rate: int, *, wav_header: bool = False):
+        check_streamable(fmt, sample_rate)
+        self.fmt = fmt
+        self.sample_rate = sample_rate
+        self._head = b""
+        if fmt == "wav" or (wav_header and fmt in G711_FORMATS):
+            self._head = wav_header_bytes(sample_rate, "pcm" if fmt == "wav" else fmt, None)
+        self._proc: subprocess.Popen | None = None
+        if fmt in _FFMPEG_STREAM_ARGS:
+            rate = encoded_rate(fmt, sample_rate)
+            kbps = default_mp3_bitrate(rate) if fmt == "mp3" else min(64, 6 * rate // 1000)
+            cmd = [_ffmpeg(), "-hide_banner", "-loglevel", "error", "-nostdin"]
+            cmd += ["-f", "s16le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0", "-ar", str(rate)]
+            cmd += [*_FFMPEG_STREAM_ARGS[fmt], "-b:a", f"{kbps}k", "-flush_packets", "1", "pipe:1"]
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self._out = bytearray()
+            self._lock = threading.Lock()
+            self._reader = threading.Thread(target=self._drain, daemon=True)
+            self._reader.start()
+
+    def _drain(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        while block := self._proc.stdout.read1(65536):
+            with self._lock:
+                self._out += block
+
+    def _take(self) -> bytes:
+        with self._lock:
+            out = bytes(self._out)
+            self._out.clear()
+        return out
+
+    def push(self, samples: np.ndarray) -> bytes:
+        head, self._head = self._head, b""
+        if len(samples) == 0:
+            return head
+        if self.fmt in G711_FORMATS:
+            return head + g711(samples, self.fmt)
+        pcm = to_int16(samples).astype("<i2").tobytes()
+        if self._proc is None:
+            return head + pcm
+        self._proc.stdin.write(pcm)
+        self._proc.stdin.flush()
+        return self._take()
+
+    def finish(self) -> bytes:
+        head, self._head = self._head, b""
+        if self._proc is None:
+            return head
+        self._proc.stdin.close()
+        self._reader.join(timeout=_FFMPEG_TIMEOUT_S)
+        err = self._proc.stderr.read().decode(errors="replace").strip()[-500:]
+        if self._proc.wait(timeout=_FFMPEG_TIMEOUT_S) != 0:
+            raise RuntimeError(f"ffmpeg {self.fmt} stream encoding failed (exit {self._proc.returncode}): {err}")
+        return self._take()
+
+    def close(self) -> None:
+        """Stop the encoder without output (a cancelled stream)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()

@@ -43,3 +43,8 @@ class DeliveryError(TTSError):
     """The S3 upload failed."""
 
     code = "delivery_failed"
+
+
+class Cancelled(Exception):
+    """Not a contract error: the job's consumer went away (client disconnect, RunPod cancel, shutdown), so its
+    generation stops at the next piece or batch."""

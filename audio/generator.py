@@ -14,7 +14,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -65,6 +65,18 @@ class Synthesis:
     voice_cache: str | None = None  # "hit" when no clone prompt was built, "miss" when one was; None: no clone
 
 
+class ChunkListener(Protocol):
+    """Who takes a job's chunks as they pass their checks (streaming): `chunk` once per chunk, batch by batch in
+    text order (the first chunk alone); with `live_piece_frames` set and an engine that streams, the first
+    chunk's audio also arrives in `piece`s while it is generated (its check then runs at its end, no retry)."""
+
+    live_piece_frames: int | None
+
+    def piece(self, chunk: Chunk, samples: np.ndarray) -> None: ...
+
+    def chunk(self, chunk: Chunk) -> None: ...
+
+
 def _chunks_for(segment_index: int, segment: SegmentPlan, config: GeneratorConfig, start: int) -> list[Chunk]:
     chunks = []
     pos = 0
@@ -86,6 +98,19 @@ def _batches(chunks: list[Chunk], max_batch: int) -> list[list[Chunk]]:
     return [ordered[i : i + max_batch] for i in range(0, len(ordered), max_batch)]
 
 
+def _text_order_batches(chunks: list[Chunk], key: Callable[[Chunk], tuple], max_batch: int) -> list[list[Chunk]]:
+    """Streaming's order: the first chunk alone (fast first audio), then windows of `max_batch` chunks in text
+    order, each split into runs that share a model, voice and language."""
+    batches: list[list[Chunk]] = []
+    windows = [chunks[:1]] + [chunks[i : i + max_batch] for i in range(1, len(chunks), max_batch)]
+    for window in windows:
+        groups: dict[tuple, list[Chunk]] = {}
+        for chunk in window:
+            groups.setdefault(key(chunk), []).append(chunk)
+        batches.extend(groups.values())
+    return batches
+
+
 def _decode_inline(segment: SegmentPlan, sample_rate: int) -> Reference:
     return decode_reference(segment.ref_audio, sample_rate)
 
@@ -105,14 +130,22 @@ class Generator:
         self.reference_for = reference_for
         self.prompts = prompts or ClonePromptCache(capacity=0)
 
-    def run(self, plan: JobPlan, *, on_progress: Callable[[int, int], None] | None = None) -> Synthesis:
+    def run(
+        self,
+        plan: JobPlan,
+        *,
+        on_progress: Callable[[int, int], None] | None = None,
+        listener: ChunkListener | None = None,
+    ) -> Synthesis:
+        """`on_progress(done, total)` after each batch (it may raise to stop the job there: cancellation);
+        `listener` gets the chunks in text order as they pass (see ChunkListener)."""
         seed = plan.seed if plan.seed is not None else secrets.randbelow(2**32)
         chunks: list[Chunk] = []
         for i, segment in enumerate(plan.segments):
             chunks.extend(_chunks_for(i, segment, self.config, len(chunks)))
 
         voices, warnings = self._voices(plan)
-        work, cache_hits = self._batches_of(plan, chunks, voices)
+        work, cache_hits = self._batches_of(plan, chunks, voices, text_order=listener is not None)
         done = 0
         retries = 0
         model_time_s = 0.0
@@ -120,17 +153,25 @@ class Generator:
             pending = batch
             for attempt in range(self.config.max_retries + 1):
                 started = time.perf_counter()
-                failures = self._generate(model, voice, language, prompt, pending, plan, seed, attempt)
+                live = listener if listener is not None and batch_no == 0 and attempt == 0 else None
+                streamed = live is not None and bool(live.live_piece_frames) and model.capabilities.streams
+                failures = self._generate(model, voice, language, prompt, pending, plan, seed, attempt, live)
                 model_time_s += time.perf_counter() - started
                 if not failures:
                     break
-                if attempt == self.config.max_retries:
+                if attempt == self.config.max_retries or streamed:
                     chunk, reason = failures[0]
-                    raise SynthesisError(self._failure_message(chunk, len(chunks), plan, reason, attempt + 1))
+                    message = self._failure_message(chunk, len(chunks), plan, reason, attempt + 1)
+                    if streamed:  # its audio is already out: a retry would play a second take after it
+                        message += " (it was streamed as it was made, so it could not be retried; run the job again)"
+                    raise SynthesisError(message)
                 retries += len(failures)
                 log.warning("retrying %d chunk(s) of batch %d: %s", len(failures), batch_no, failures[0][1])
                 pending = [c for c, _ in failures]
             done += len(batch)
+            if listener is not None:
+                for chunk in sorted(batch, key=lambda c: c.index):
+                    listener.chunk(chunk)
             if on_progress is not None:
                 on_progress(done, len(chunks))
 
@@ -148,17 +189,28 @@ class Generator:
             voice_cache=None if not cache_hits else ("hit" if all(cache_hits) else "miss"),
         )
 
-    def _batches_of(self, plan: JobPlan, chunks: list[Chunk], voices: list[Voice]) -> tuple[list[tuple], list[bool]]:
+    def _batches_of(
+        self, plan: JobPlan, chunks: list[Chunk], voices: list[Voice], *, text_order: bool = False
+    ) -> tuple[list[tuple], list[bool]]:
         """(model, voice, language, clone prompt, chunks) per generate call: chunks that share model, voice
-        and language are batched together, across segments too. Also whether each clone prompt was cached."""
-        groups: dict[tuple, list[Chunk]] = {}
-        for chunk in chunks:
+        and language are batched together, across segments too (`text_order`: see _text_order_batches). Also
+        whether each clone prompt was cached."""
+
+        def key(chunk: Chunk) -> tuple:
             seg = plan.segments[chunk.segment]
-            groups.setdefault((seg.model.name, voices[chunk.segment].key(), seg.language), []).append(chunk)
+            return (seg.model.name, voices[chunk.segment].key(), seg.language)
+
+        groups: dict[tuple, list[Chunk]] = {}
+        if text_order:
+            for batch in _text_order_batches(chunks, key, self.config.max_batch):
+                groups[(*key(batch[0]), len(groups))] = batch
+        else:
+            for chunk in chunks:
+                groups.setdefault(key(chunk), []).append(chunk)
         work = []
         prompts: dict[tuple, Any] = {}  # a clone voice's prompt is fetched once per job, whatever the language
         hits = []
-        for (model_name, voice_key, language), members in groups.items():
+        for (model_name, voice_key, language, *_), members in groups.items():
             model = self.get_model(model_name)
             voice = voices[members[0].segment]
             prompt = None
@@ -167,7 +219,8 @@ class Generator:
                     prompts[model_name, voice_key], hit = self.prompts.get(model_name, model, voice)
                     hits.append(hit)
                 prompt = prompts[model_name, voice_key]
-            work.extend((model, voice, language, prompt, batch) for batch in _batches(members, self.config.max_batch))
+            batches = [members] if text_order else _batches(members, self.config.max_batch)
+            work.extend((model, voice, language, prompt, batch) for batch in batches)
         return work, hits
 
     def _voices(self, plan: JobPlan) -> tuple[list[Voice], list[str]]:
@@ -206,6 +259,7 @@ class Generator:
         plan: JobPlan,
         seed: int,
         attempt: int,
+        live: ChunkListener | None = None,
     ) -> list[tuple[Chunk, str]]:
         frame_rate = model.sample_rate / model.frame_samples
         limits = self.config.limits
@@ -217,7 +271,11 @@ class Generator:
             ChunkRequest(c.text, budget, _derive_seed(seed, c.index, attempt))
             for c, budget in zip(batch, budgets, strict=True)
         ]
-        wavs = model.generate(requests, language=language, voice=voice, params=plan.sampling, clone_prompt=prompt)
+        kwargs = {"language": language, "voice": voice, "params": plan.sampling, "clone_prompt": prompt}
+        if live is not None and live.live_piece_frames and model.capabilities.streams:
+            wavs = self._live(model, requests, batch, live, kwargs)
+        else:
+            wavs = model.generate(requests, **kwargs)
         failures = []
         for chunk, wav, budget in zip(batch, wavs, budgets, strict=True):
             frames = -(-len(wav) // model.frame_samples)
@@ -235,6 +293,15 @@ class Generator:
             else:
                 failures.append((chunk, reason))
         return failures
+
+    @staticmethod
+    def _live(model: Any, requests: list[ChunkRequest], batch: list[Chunk], live: ChunkListener, kwargs: dict) -> list:
+        pieces: list[list[np.ndarray]] = [[] for _ in batch]
+        for piece in model.stream(requests, piece_frames=live.live_piece_frames, **kwargs):
+            pieces[piece.row].append(piece.samples)
+            if piece.samples.size:
+                live.piece(batch[piece.row], piece.samples)
+        return [np.concatenate(p) if p else np.zeros(0, dtype=np.float32) for p in pieces]
 
     def _trimmed(self, plan: JobPlan, chunks: list[Chunk], sample_rate: int) -> list[list[np.ndarray]]:
         per_segment: list[list[np.ndarray]] = [[] for _ in plan.segments]

@@ -28,6 +28,7 @@ from audio.catalog import (
 )
 from audio.delivery import MODES as DELIVERY_MODES
 from audio.encoders import FORMATS as OUTPUT_FORMATS
+from audio.encoders import G711_FORMATS
 from audio.errors import InputError
 from audio.voice_store import is_voice_id
 
@@ -87,6 +88,7 @@ class SynthesisJob(VoiceFields):
     loudness_lufs: float | None = Field(default=None, ge=-70, le=-5)
     delivery: str | None = None
     stream: bool | None = None
+    wav_header: bool | None = None  # ulaw/alaw in a WAV file instead of raw bytes
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
     params: Params | None = None
 
@@ -174,6 +176,7 @@ class JobPlan:
     max_new_tokens: int | None
     warnings: list[str] = field(default_factory=list)
     speed: float = 1.0  # tempo, pitch kept: only the OpenAI-shaped input sets it
+    wav_header: bool = False  # ulaw/alaw wrapped in a WAV header
 
     @property
     def models(self) -> list[str]:
@@ -343,8 +346,6 @@ def plan_job(job: SynthesisJob, *, default_model: str, max_chars: int) -> JobPla
         segments = [
             _segment(f"segments[{i}]: ", s.text, s, job, default_model, warnings) for i, s in enumerate(job.segments)
         ]
-    if job.stream:
-        warnings.append("stream is not supported yet: the whole result is returned at once")
     total = sum(len(s.text) for s in segments)
     if total > max_chars:
         raise InputError(
@@ -362,4 +363,11 @@ def plan_job(job: SynthesisJob, *, default_model: str, max_chars: int) -> JobPla
         sampling=job.params.sampling(),
         max_new_tokens=job.params.max_new_tokens,
         warnings=list(dict.fromkeys(warnings)),
+        wav_header=_wav_header(job),
     )
+
+
+def _wav_header(job: SynthesisJob) -> bool:
+    if job.wav_header and job.output_format not in G711_FORMATS:
+        raise InputError(f"wav_header is for {' and '.join(G711_FORMATS)} output, not {job.output_format}")
+    return bool(job.wav_header)

@@ -111,6 +111,14 @@ class Settings:
     voice_dir: Path = Path(DEFAULT_VOICE_DIR)
     max_saved_voices: int = 1000
     voices_readonly: bool = False
+    # Serving (issue 10): queue (RunPod's job queue) or http (a load-balancing endpoint's own server).
+    mode: str = "queue"
+    streaming: bool = False  # queue: the handler is a generator (stream items; /runsync returns a list)
+    concurrency: int = 1  # jobs one worker takes at once
+    max_queue: int = 16  # http: requests waiting beyond the running ones before 429
+    refresh_worker: bool = False  # ask RunPod for a fresh worker after every job
+    port: int = 80
+    port_health: int = 80
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -126,6 +134,7 @@ class Settings:
                 _model_name(p, "QWEN_TTS_PRELOAD") for p in preload_raw.replace(";", ",").split(",") if p.strip()
             )
         target = _int(env, "QWEN_TTS_CHUNK_TARGET_CHARS", 150, minimum=20)
+        port = _int(env, "PORT", 80, minimum=1)
         return cls(
             model_dir=Path(env.get("QWEN_TTS_MODEL_DIR") or DEFAULT_MODEL_DIR),
             hf_cache_dirs=_hf_cache_dirs(env),
@@ -152,4 +161,11 @@ class Settings:
             voice_dir=Path(env.get("QWEN_TTS_VOICE_DIR") or DEFAULT_VOICE_DIR),
             max_saved_voices=_int(env, "QWEN_TTS_MAX_SAVED_VOICES", 1000),
             voices_readonly=_bool(env, "QWEN_TTS_VOICES_READONLY", False),
+            mode=_choice(env, "QWEN_TTS_MODE", "queue", ("queue", "http")),
+            streaming=_bool(env, "QWEN_TTS_STREAMING", False),
+            concurrency=_int(env, "QWEN_TTS_CONCURRENCY", 1, minimum=1),
+            max_queue=_int(env, "QWEN_TTS_MAX_QUEUE", 16),
+            refresh_worker=_bool(env, "QWEN_TTS_REFRESH_WORKER", False),
+            port=port,
+            port_health=_int(env, "PORT_HEALTH", port, minimum=1),
         )

@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int], None]
 TRUE_PEAK_DBTP = -1.0  # the ceiling under a loudness target (EBU R128 / streaming practice)
 DESIGN_MODEL = "1.7B-VoiceDesign"
+STREAM_UNSUPPORTED = (
+    "stream needs a streaming deployment (QWEN_TTS_STREAMING=true, or the HTTP mode): the whole result is returned"
+)
 BASE_MODELS = ("1.7B-Base", "0.6B-Base")
 # What a designed voice says in its saved sample (then its clone transcript) unless sample_text is given.
 DESIGN_SAMPLE_TEXT = "Hello! This is my voice. I read stories, news and notes in a clear, natural way."
@@ -157,13 +160,25 @@ class Worker:
             if extra and action in INFO_ACTIONS:
                 raise InputError(f"unknown field(s) for action {action}: {', '.join(sorted(extra))}")
             return self.info(action)
+        plan = self.plan_synthesis(job_input)
+        if plan.stream:
+            plan = dataclasses.replace(plan, warnings=[*plan.warnings, STREAM_UNSUPPORTED])
+        return self.synthesize(plan, job_id, on_progress)
+
+    def plan_synthesis(self, job_input: Any, *, stream_default_format: str | None = None) -> JobPlan:
+        """A synthesis job (plain or OpenAI-shaped) checked and planned, saved voices filled in. For a stream
+        job whose output_format is not given, `stream_default_format` replaces the contract's wav."""
         speed = 1.0
         if is_openai_job(job_input):
             job_input, speed = to_job_input(job_input, self.settings.default_model)
         plan = plan_job(
             parse_job(job_input), default_model=self.settings.default_model, max_chars=self.settings.max_chars
         )
-        return self.synthesize(self._with_saved_voices(dataclasses.replace(plan, speed=speed)), job_id, on_progress)
+        if stream_default_format and plan.stream and job_input.get("output_format") is None:
+            plan = dataclasses.replace(plan, output_format=stream_default_format)
+        if plan.sample_rate is None and plan.output_format in encoders.G711_FORMATS:
+            plan = dataclasses.replace(plan, sample_rate=encoders.G711_SAMPLE_RATE)
+        return self._with_saved_voices(dataclasses.replace(plan, speed=speed))
 
     def synthesize(self, plan: JobPlan, job_id: str, on_progress: ProgressFn | None = None) -> dict[str, Any]:
         # Fail before generating what can't be encoded, stretched or delivered: that would waste the GPU work.
@@ -176,33 +191,13 @@ class Worker:
         result = self.deliverer.deliver(
             audio,
             fmt=plan.output_format,
-            content_type=encoders.CONTENT_TYPES[plan.output_format],
+            content_type=encoders.WAV_CONTENT_TYPE if plan.wav_header else encoders.CONTENT_TYPES[plan.output_format],
             job_id=job_id,
             mode=plan.delivery,
         )
         elapsed = time.perf_counter() - started
         duration_s = len(samples) / sample_rate
-        models = plan.models
-        metadata: dict[str, Any] = {
-            "duration_seconds": round(duration_s, 3),
-            "sample_rate": encoders.encoded_rate(plan.output_format, sample_rate),
-            "format": plan.output_format,
-            "model": models[0] if len(models) == 1 else ", ".join(models),
-            "num_segments": len(plan.segments),
-            "num_chunks": synthesis.num_chunks,
-            "retries": synthesis.retries,
-            "size_bytes": len(audio),
-            "generation_time_seconds": round(elapsed, 3),
-            "realtime_factor": round(duration_s / elapsed, 3) if elapsed > 0 else None,
-            "seed": synthesis.seed,
-        }
-        if plan.speed != 1.0:
-            metadata["speed"] = plan.speed
-        if synthesis.voice_cache is not None:
-            metadata["voice_cache"] = synthesis.voice_cache
-        warnings = plan.warnings + synthesis.warnings
-        if warnings:
-            metadata["warnings"] = warnings
+        metadata = self.metadata(plan, synthesis, duration_s, sample_rate, len(audio), elapsed)
         log.info(
             "job %s: %d segment(s), %d chunk(s), %.1fs audio in %.1fs (%d retries)",
             job_id,
@@ -213,6 +208,33 @@ class Worker:
             synthesis.retries,
         )
         return {**result, "metadata": metadata}
+
+    @staticmethod
+    def metadata(
+        plan: JobPlan, synthesis: Synthesis, duration_s: float, sample_rate: int, size_bytes: int, elapsed_s: float
+    ) -> dict[str, Any]:
+        models = plan.models
+        metadata: dict[str, Any] = {
+            "duration_seconds": round(duration_s, 3),
+            "sample_rate": encoders.encoded_rate(plan.output_format, sample_rate),
+            "format": plan.output_format,
+            "model": models[0] if len(models) == 1 else ", ".join(models),
+            "num_segments": len(plan.segments),
+            "num_chunks": synthesis.num_chunks,
+            "retries": synthesis.retries,
+            "size_bytes": size_bytes,
+            "generation_time_seconds": round(elapsed_s, 3),
+            "realtime_factor": round(duration_s / elapsed_s, 3) if elapsed_s > 0 else None,
+            "seed": synthesis.seed,
+        }
+        if plan.speed != 1.0:
+            metadata["speed"] = plan.speed
+        if synthesis.voice_cache is not None:
+            metadata["voice_cache"] = synthesis.voice_cache
+        warnings = plan.warnings + synthesis.warnings
+        if warnings:
+            metadata["warnings"] = warnings
+        return metadata
 
     @staticmethod
     def finish(
@@ -246,7 +268,7 @@ class Worker:
         ceiling = TRUE_PEAK_DBTP
         for _ in range(3):
             samples, rate = self.finish(synthesis, plan, true_peak_dbtp=ceiling)
-            audio = encoders.encode(samples, rate, plan.output_format)
+            audio = encoders.encode(samples, rate, plan.output_format, wav_header=plan.wav_header)
             if plan.loudness_lufs is None or plan.output_format not in encoders.LOSSY_FORMATS:
                 break
             decoded, decoded_rate = encoders.decode(audio, plan.output_format)

@@ -706,7 +706,8 @@ def test_seed_podcast_example():
     assert result.warnings == []
 
 
-def test_stream_is_accepted_with_an_honest_warning():
+def test_stream_is_planned_without_a_warning():
+    # The worker decides: a streaming deployment streams it, any other warns (tests/test_streaming.py).
     result = plan({"text": "hi", "stream": True})
     assert result.stream is True
-    assert result.warnings == ["stream is not supported yet: the whole result is returned at once"]
+    assert result.warnings == []

@@ -13,23 +13,37 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
-from audio.catalog import MODELS, VOICE_DESIGN, find_model
+from audio.catalog import BASE, CUSTOM_VOICE, MODELS, VOICE_DESIGN, find_model
 from audio.errors import InputError
+from audio.voice_store import is_voice_id
 
 OPENAI_SPEECH_ROUTE = "/v1/audio/speech"
 # The same route as a client with a base URL that already ends in /v1 might name it.
 _ROUTE_ALIASES = (OPENAI_SPEECH_ROUTE, "/audio/speech")
 _OUTER_FIELDS = ("openai_route", "openai_input")
 SPEECH_FIELDS = ("model", "input", "voice", "instructions", "response_format", "speed", "stream_format")
+# The worker's extras beside OpenAI's fields (same names in HTTP mode and in openai_input), and their contract field.
+EXTRA_FIELDS = {
+    "language": "language",
+    "seed": "seed",
+    "ref_audio": "ref_audio",
+    "ref_text": "ref_text",
+    "x_vector_only_mode": "x_vector_only",
+    "task_type": None,  # picks the model kind
+    "max_new_tokens": None,  # params.max_new_tokens
+}
+TASK_TYPES = {"CustomVoice": CUSTOM_VOICE, "VoiceDesign": VOICE_DESIGN, "Base": BASE}
+STREAM_FORMATS = ("audio", "sse")
 
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for /v1/audio/speech
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 DEFAULT_RESPONSE_FORMAT = "mp3"  # OpenAI's default (the contract's own default is wav)
 # OpenAI's and the contract's format names are the same; OpenAI's pcm (24 kHz s16le mono) is the contract's
 # pcm at the model's 24 kHz, as no sample_rate is passed.
-RESPONSE_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+RESPONSE_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm", "ulaw", "alaw")
 
 # OpenAI's speech models, dated snapshots included (tts-1-1106, gpt-4o-mini-tts-2025-03-20): all mean "the
 # worker's default model".
@@ -42,19 +56,18 @@ def is_openai_job(job_input: object) -> bool:
     return isinstance(job_input, dict) and any(k in job_input for k in _OUTER_FIELDS)
 
 
+@dataclass(frozen=True)
+class SpeechRequest:
+    job: dict[str, Any]  # the contract's job input
+    speed: float  # applied after synthesis (no contract field)
+    stream_format: str  # "audio" | "sse" (only the HTTP mode serves "sse")
+
+
 def to_job_input(job_input: dict, default_model: str) -> tuple[dict, float]:
     """Map an OpenAI-shaped job onto the contract: (the contract's job input, speed).
 
-    The job input holds `text` and `output_format` always, and `model`, `voice`, `instruct` where given.
-    An OpenAI model name becomes default_model; a worker model name or full id becomes its short name.
-    `voice` is dropped for a VoiceDesign model (OpenAI's SDK makes voice mandatory; there `instructions`
-    describes the voice). Raises InputError naming what's wrong: another route, unknown fields, a missing,
-    empty or too long `input`, an unknown model or format, a speed outside 0.25-4.0.
-
-    A missing `openai_route` means the speech route. Of OpenAI's optional extras only `stream_format` is
-    accepted, and only as "audio" (its default: the whole file); "sse" (events) is not served. A `null`
-    value counts as not given.
-    """
+    A missing `openai_route` means the speech route. `stream_format` is accepted only as "audio" here (its
+    default: the whole file): the queue has no event stream (the HTTP mode serves "sse")."""
     unknown = [k for k in job_input if k not in _OUTER_FIELDS]
     if unknown:
         raise InputError(
@@ -68,29 +81,71 @@ def to_job_input(job_input: dict, default_model: str) -> tuple[dict, float]:
             "openai_input must be an object: the /v1/audio/speech request body, e.g. "
             '{"model": "tts-1", "input": "Hello", "voice": "alloy"}'
         )
-    unknown = [k for k in request if k not in SPEECH_FIELDS]
+    speech = speech_request(request, default_model, where="openai_input")
+    if speech.stream_format != "audio":
+        raise InputError(
+            f"stream_format {speech.stream_format!r} is not supported on the queue: this worker returns the whole "
+            'audio at once; use "audio" or leave it out (the HTTP mode serves "sse")'
+        )
+    return speech.job, speech.speed
+
+
+def speech_request(request: dict, default_model: str, *, where: str = "request") -> SpeechRequest:
+    """An OpenAI speech request body (plus the worker's extras) as a contract job.
+
+    The job holds `text` and `output_format` always, and `model`, `voice`, `instruct` and the extras where given.
+    An OpenAI model name becomes default_model (or, with `task_type`, the default model's size in that kind); a
+    worker model name or full id becomes its short name. `voice` is dropped for VoiceDesign and Base models
+    (OpenAI's SDK makes voice mandatory), except a saved voice's id on a Base model. Raises InputError naming
+    what's wrong: unknown fields, a missing, empty or too long `input`, an unknown model, task type or format,
+    a speed outside 0.25-4.0. A `null` value counts as not given."""
+    unknown = [k for k in request if k not in SPEECH_FIELDS and k not in EXTRA_FIELDS]
     if unknown:
         raise InputError(
-            f"unknown field(s) in openai_input: {', '.join(map(str, unknown))}; "
-            f"{OPENAI_SPEECH_ROUTE} takes {', '.join(SPEECH_FIELDS)}"
+            f"unknown field(s) in {where}: {', '.join(map(str, unknown))}; "
+            f"{OPENAI_SPEECH_ROUTE} takes {', '.join((*SPEECH_FIELDS, *EXTRA_FIELDS))}"
         )
     given = {k: v for k, v in request.items() if v is not None}
-
-    _check_stream_format(given.get("stream_format"))
+    stream_format = given.get("stream_format", "audio")
+    if stream_format not in STREAM_FORMATS:
+        raise InputError(f"unknown stream_format {stream_format!r}: use one of {', '.join(STREAM_FORMATS)}")
     job: dict[str, Any] = {"text": _text(given.get("input"))}
     model = _model(given["model"], default_model) if "model" in given else None
+    model = _task_model(given.get("task_type"), model, given.get("model"), default_model)
     if model is not None:
         job["model"] = model
+    variant = find_model(model or default_model)
     if "voice" in given:
         voice = _voice(given["voice"])
-        variant = find_model(model or default_model)
-        if variant is None or variant.kind != VOICE_DESIGN:
+        if variant is None or variant.kind == CUSTOM_VOICE or (variant.kind == BASE and is_voice_id(voice)):
             job["voice"] = voice
     instructions = _string("instructions", given.get("instructions", ""))
     if instructions.strip():  # blank means none, as with OpenAI
         job["instruct"] = instructions
     job["output_format"] = _response_format(given.get("response_format", DEFAULT_RESPONSE_FORMAT))
-    return job, _speed(given.get("speed", 1.0))
+    for name, field in EXTRA_FIELDS.items():
+        if field is not None and name in given:
+            job[field] = given[name]
+    if "max_new_tokens" in given:
+        job["params"] = {"max_new_tokens": given["max_new_tokens"]}
+    return SpeechRequest(job, _speed(given.get("speed", 1.0)), stream_format)
+
+
+def _task_model(task_type: Any, model: str | None, asked: Any, default_model: str) -> str | None:
+    """`task_type` picks the kind: the named worker model must be of it; else the default model's size in it."""
+    if task_type is None:
+        return model
+    kind = TASK_TYPES.get(task_type) if isinstance(task_type, str) else None
+    if kind is None:
+        raise InputError(f"unknown task_type {task_type!r}: use one of {', '.join(TASK_TYPES)}")
+    named = find_model(str(asked)) if asked is not None else None
+    if named is not None:
+        if named.kind != kind:
+            raise InputError(f"model {named.name} is not a {task_type} model (task_type {task_type})")
+        return named.name
+    size = MODELS[default_model].size
+    same_kind = [v for v in MODELS.values() if v.kind == kind]
+    return next((v.name for v in same_kind if v.size == size), same_kind[0].name)
 
 
 def _check_route(route: Any) -> None:
@@ -99,15 +154,6 @@ def _check_route(route: Any) -> None:
     if isinstance(route, str) and (route.strip().rstrip("/") or "/") in _ROUTE_ALIASES:
         return
     raise InputError(f"openai_route {route!r} is not served here: this worker takes only {OPENAI_SPEECH_ROUTE}")
-
-
-def _check_stream_format(value: Any) -> None:
-    if value is None or value == "audio":
-        return
-    raise InputError(
-        f"stream_format {value!r} is not supported: this worker returns the whole audio at once; "
-        'use "audio" or leave it out'
-    )
 
 
 def _string(name: str, value: Any) -> str:

@@ -187,14 +187,22 @@ INVALID = [
         speech(input="Hi", response_format="ogg"), ["unknown response_format 'ogg'", "mp3, opus"], id="bad-format"
     ),
     pytest.param(speech(input="Hi", voice=3), ["voice must be a voice name"], id="voice-type"),
+    pytest.param(speech(input="Hi", task_type="Clone"), ["unknown task_type 'Clone'", "CustomVoice"], id="task"),
+    pytest.param(
+        speech(input="Hi", task_type="Base", model="0.6B-CustomVoice"),
+        ["model 0.6B-CustomVoice is not a Base model"],
+        id="task-vs-model",
+    ),
     pytest.param(speech(input="Hi", voice={"name": "x"}), ["voice must be a voice name"], id="voice-object-shape"),
     pytest.param(speech(input="Hi", instructions=1), ["instructions must be a string"], id="instructions-type"),
     pytest.param(
-        speech(input="Hi", stream_format="sse"), ["stream_format 'sse' is not supported", '"audio"'], id="sse"
+        speech(input="Hi", stream_format="sse"),
+        ["stream_format 'sse' is not supported on the queue", '"audio"'],
+        id="sse",
     ),
     pytest.param(
-        speech(input="Hi", language="en", seed=1),
-        ["unknown field(s) in openai_input: language, seed", "takes model, input, voice"],
+        speech(input="Hi", temperature=0.5, pitch=1),
+        ["unknown field(s) in openai_input: temperature, pitch", "takes model, input, voice", "task_type"],
         id="unknown-inner-key",
     ),
     pytest.param(
@@ -265,3 +273,50 @@ def test_voice_design_request_plans():
 def test_unknown_voice_is_left_to_the_schema():
     with pytest.raises(InputError, match="unknown voice 'nobody'"):
         _plan(speech(input="Hi", voice="nobody"))
+
+
+EXTRAS = [
+    pytest.param(
+        {"language": "de", "seed": 9, "max_new_tokens": 40},
+        {"language": "de", "seed": 9, "params": {"max_new_tokens": 40}},
+        id="language-seed-tokens",
+    ),
+    pytest.param(
+        {"task_type": "Base", "ref_audio": "UklGRg==", "ref_text": "Hi.", "voice": "alloy"},
+        {"model": "1.7B-Base", "ref_audio": "UklGRg==", "ref_text": "Hi."},
+        id="base-clone-drops-voice",
+    ),
+    pytest.param(
+        {"task_type": "Base", "ref_audio": "UklGRg==", "x_vector_only_mode": True, "model": "tts-1"},
+        {"model": "1.7B-Base", "ref_audio": "UklGRg==", "x_vector_only": True},
+        id="x-vector",
+    ),
+    pytest.param(
+        {"task_type": "VoiceDesign", "instructions": "calm"},
+        {"model": "1.7B-VoiceDesign", "instruct": "calm"},
+        id="design",
+    ),
+    pytest.param(
+        {"task_type": "CustomVoice", "voice": "alloy"}, {"model": "1.7B-CustomVoice", "voice": "alloy"}, id="custom"
+    ),
+    pytest.param({"task_type": "Base", "voice": "v_0123456789abcdef"}, None, id="saved-voice-kept"),
+]
+
+
+@pytest.mark.parametrize(("extra", "want"), EXTRAS)
+def test_extras_map_onto_the_contract(extra, want):
+    from audio.voice_store import is_voice_id
+
+    job, _ = to_job_input(speech(input="Hi", **extra), DEFAULT)
+    if want is None:
+        assert job["model"] == "1.7B-Base"
+        assert ("voice" in job) == is_voice_id(extra["voice"])
+        return
+    assert job == {"text": "Hi", "output_format": "mp3", **want}
+
+
+def test_task_type_takes_the_default_models_size():
+    job, _ = to_job_input(speech(input="Hi", task_type="Base"), "0.6B-CustomVoice")
+    assert job["model"] == "0.6B-Base"
+    job, _ = to_job_input(speech(input="Hi", task_type="VoiceDesign", instructions="x"), "0.6B-CustomVoice")
+    assert job["model"] == "1.7B-VoiceDesign"  # the only VoiceDesign model

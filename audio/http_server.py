@@ -1,0 +1,374 @@
+"""The HTTP mode (QWEN_TTS_MODE=http) for RunPod load-balancing endpoints: an ASGI app (FastAPI) on the worker.
+
+Owns the routes, their status codes and error shapes, the health states (`/ping`: 204 while the preload runs,
+200 when ready, 200 after a failed preload too, whose requests then get 503 with the reason), admission (at most
+QWEN_TTS_CONCURRENCY requests run, QWEN_TTS_MAX_QUEUE more wait, past that 429 with Retry-After) and streamed
+bodies. Every request runs the worker's own code (`Worker.handle`, `Worker.plan_synthesis`, `streaming`) on a
+thread: no second pipeline. A client that disconnects cancels its generation at the next piece or batch.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the routes' annotations (Request) at runtime.
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from audio import catalog, encoders, streaming
+from audio.errors import Cancelled, InputError, TTSError
+from audio.model_loader import find_model_path
+from audio.openai_compat import OPENAI_MODEL_NAMES, speech_request
+
+log = logging.getLogger(__name__)
+
+STATUS_FOR_CODE = {
+    "invalid_input": 400,
+    "payload_too_large": 413,
+    "model_unavailable": 503,
+    "synthesis_failed": 500,
+    "delivery_failed": 502,
+    "internal": 500,
+}
+OPENAI_ERROR_TYPE = {400: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_exceeded"}
+RETRY_AFTER_S = 1
+SSE_TYPE = "text/event-stream"
+
+
+class Health:
+    """loading -> ready | failed (with the reason callers get)."""
+
+    def __init__(self) -> None:
+        self.state = "loading"
+        self.reason = ""
+
+
+class Admission:
+    """At most `running` requests at once and `waiting` more queued; past that a request is turned away. Lives in
+    the server's one event loop."""
+
+    def __init__(self, running: int, waiting: int):
+        self.limit = running + waiting
+        self.running = running
+        self.inside = 0
+        self._slots: asyncio.Semaphore | None = None
+
+    def try_enter(self) -> bool:
+        if self.inside >= self.limit:
+            return False
+        self.inside += 1
+        return True
+
+    def leave(self) -> None:
+        self.inside -= 1
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.running)
+        async with self._slots:
+            yield
+
+
+def _error_body(code: str, message: str, *, openai: bool, status: int) -> dict[str, Any]:
+    if openai:
+        return {
+            "error": {
+                "message": message,
+                "type": OPENAI_ERROR_TYPE.get(status, "server_error" if status >= 500 else "invalid_request_error"),
+                "param": None,
+                "code": code,
+            }
+        }
+    return {"error": {"code": code, "message": message}}
+
+
+def create_app(worker: Any, *, preload: bool = True) -> Any:
+    """The app for one worker. `preload` runs `worker.preload()` on a thread at startup (else ready at once)."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+    from handler import cancellable, make_handler
+
+    settings = worker.settings
+    health = Health()
+    admission = Admission(settings.concurrency, settings.max_queue)
+
+    def _preload() -> None:
+        try:
+            worker.preload()
+            health.state = "ready"
+            log.info("ready: serving HTTP on port %d", settings.port)
+        except TTSError as exc:
+            health.state, health.reason = "failed", exc.message
+            log.error("preload failed, answering 503: %s", exc.message)
+        except Exception:
+            log.exception("preload failed")
+            health.state, health.reason = "failed", "the worker could not start its models; see its logs"
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        if preload:
+            threading.Thread(target=_preload, name="tts-preload", daemon=True).start()
+        else:
+            health.state = "ready"
+        yield
+
+    app = FastAPI(title="Qwen3-TTS worker", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    def fail(code: str, message: str, *, openai: bool, status: int | None = None, headers=None) -> Any:
+        status = status or STATUS_FOR_CODE.get(code, 500)
+        return JSONResponse(_error_body(code, message, openai=openai, status=status), status, headers=headers)
+
+    def unavailable(openai: bool) -> Any | None:
+        if health.state == "ready":
+            return None
+        if health.state == "failed":
+            return fail("model_unavailable", health.reason, openai=openai)
+        return fail(
+            "model_unavailable",
+            "the worker is still loading its models; retry shortly",
+            openai=openai,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+    @app.get("/ping")
+    async def ping() -> Any:
+        if health.state == "loading":
+            return Response(status_code=204)
+        return JSONResponse({"status": health.state, **({"reason": health.reason} if health.reason else {})})
+
+    async def body_of(request: Request, *, openai: bool) -> tuple[dict | None, Any]:
+        try:
+            body = json.loads(await request.body() or b"null")
+        except ValueError:
+            return None, fail("invalid_input", "the request body is not valid JSON", openai=openai)
+        if not isinstance(body, dict):
+            return None, fail("invalid_input", "the request body must be a JSON object", openai=openai)
+        return body, None
+
+    async def admitted(openai: bool, call) -> Any:
+        if (refused := unavailable(openai)) is not None:
+            return refused
+        if not admission.try_enter():
+            return fail(
+                "rate_limited",
+                f"the worker is busy ({admission.limit} requests running or queued); retry after {RETRY_AFTER_S}s",
+                openai=openai,
+                status=429,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        try:
+            return await call()
+        finally:
+            admission.leave()
+
+    @app.post("/run")
+    async def run(request: Request) -> Any:
+        body, bad = await body_of(request, openai=False)
+        if bad is not None:
+            return bad
+        job_input = body.get("input", body) if isinstance(body.get("input"), dict) else body
+
+        async def call() -> Any:
+            cancel = threading.Event()
+            handle = make_handler(worker, progress=cancellable(None, cancel))
+            async with admission.slot():
+                try:
+                    result = await asyncio.to_thread(handle, {"id": f"http-{time.time_ns()}", "input": job_input})
+                except asyncio.CancelledError:
+                    cancel.set()
+                    raise
+            if "error" in result:
+                return JSONResponse(result, STATUS_FOR_CODE.get(result["error"]["code"], 500))
+            return JSONResponse(result)
+
+        return await admitted(False, call)
+
+    @app.get("/v1/models")
+    async def models() -> Any:
+        present = [n for n, v in catalog.MODELS.items() if find_model_path(v, settings) is not None]
+        data = [{"id": n, "object": "model", "created": 0, "owned_by": "qwen"} for n in present]
+        data += [{"id": n, "object": "model", "created": 0, "owned_by": "qwen3-tts-worker"} for n in OPENAI_MODEL_NAMES]
+        return {"object": "list", "data": data}
+
+    @app.get("/v1/audio/voices")
+    async def voices() -> Any:
+        out = worker.info("voices")
+        out["saved"] = (await asyncio.to_thread(worker.voice_action, {"action": "list_voices"}))["voices"]
+        return out
+
+    @app.post("/v1/audio/speech")
+    async def speech(request: Request) -> Any:
+        body, bad = await body_of(request, openai=True)
+        if bad is not None:
+            return bad
+
+        async def call() -> Any:
+            try:
+                speech_req = speech_request(body, settings.default_model)
+                job = {**speech_req.job, "delivery": "base64"}
+                fmt = job["output_format"]
+                streamed = speech_req.speed == 1.0 and fmt in encoders.STREAM_FORMATS
+                if speech_req.stream_format == "sse" and not streamed:
+                    formats = ", ".join(encoders.STREAM_FORMATS)
+                    raise InputError(f"stream_format sse needs speed 1.0 and a format that streams: {formats}")
+                if not streamed:
+                    return await whole(job, speech_req.speed)
+                plan = await asyncio.to_thread(worker.plan_synthesis, {**job, "stream": True})
+                streaming.check_streamable(plan)
+            except TTSError as exc:
+                return fail(exc.code, exc.message, openai=True)
+            media = SSE_TYPE if speech_req.stream_format == "sse" else _media_type(fmt, plan.wav_header)
+            body_iter = _stream_body(worker, plan, sse=speech_req.stream_format == "sse")
+            return StreamingResponse(_guarded(body_iter, admission), media_type=media)
+
+        async def whole(job: dict, speed: float) -> Any:
+            cancel = threading.Event()
+
+            def synthesize() -> dict:
+                plan = dataclasses.replace(worker.plan_synthesis(job), speed=speed)
+                return worker.synthesize(plan, f"http-{time.time_ns()}", cancellable(None, cancel))
+
+            async with admission.slot():
+                try:
+                    result = await asyncio.to_thread(synthesize)
+                except asyncio.CancelledError:
+                    cancel.set()
+                    raise
+                except TTSError as exc:
+                    return fail(exc.code, exc.message, openai=True)
+                except Exception:
+                    log.exception("speech request failed with an unexpected error")
+                    return fail("internal", "the worker hit an unexpected error; retry the request", openai=True)
+            fmt = result["metadata"]["format"]
+            return Response(
+                base64.b64decode(result["audio_base64"]), media_type=_media_type(fmt, job.get("wav_header"))
+            )
+
+        if (refused := unavailable(True)) is not None:
+            return refused
+        if not admission.try_enter():
+            return fail(
+                "rate_limited",
+                f"the worker is busy ({admission.limit} requests running or queued); retry after {RETRY_AFTER_S}s",
+                openai=True,
+                status=429,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        response = None
+        try:
+            response = await call()
+            return response
+        finally:
+            if not isinstance(response, StreamingResponse):  # a stream leaves when its body ends (_guarded)
+                admission.leave()
+
+    return app
+
+
+def _media_type(fmt: str, wav_header: bool) -> str:
+    return encoders.WAV_CONTENT_TYPE if wav_header else encoders.CONTENT_TYPES[fmt]
+
+
+async def _guarded(body: AsyncIterator[bytes], admission: Admission) -> AsyncIterator[bytes]:
+    try:
+        async with admission.slot():
+            async for part in body:
+                yield part
+    finally:
+        admission.leave()
+
+
+async def _stream_body(worker: Any, plan: Any, *, sse: bool) -> AsyncIterator[bytes]:
+    """The streamed body: encoded audio as it is made, or OpenAI's speech events (`speech.audio.delta` with base64
+    audio, then `speech.audio.done`). Cancelled (client gone): the generation stops at its next piece."""
+    cancel = threading.Event()
+    parts = _encoded(worker, plan, cancel)
+    try:
+        while (part := await asyncio.to_thread(next, parts, None)) is not None:
+            if not part:
+                continue
+            if sse:
+                event = {"type": "speech.audio.delta", "audio": base64.b64encode(part).decode()}
+                yield f"data: {json.dumps(event)}\n\n".encode()
+            else:
+                yield part
+        if sse:
+            chars = sum(len(s.text) for s in plan.segments)
+            usage = {"input_tokens": chars, "output_tokens": 0, "total_tokens": chars}
+            yield f"data: {json.dumps({'type': 'speech.audio.done', 'usage': usage})}\n\n".encode()
+    finally:
+        cancel.set()
+        with contextlib.suppress(ValueError):  # still running on its thread: `cancel` stops it
+            parts.close()
+
+
+def _encoded(worker: Any, plan: Any, cancel: threading.Event) -> Iterator[bytes]:
+    rate = plan.sample_rate or worker.generator.get_model(plan.segments[0].model.name).sample_rate
+    encoder = encoders.StreamEncoder(plan.output_format, rate, wav_header=plan.wav_header)
+    stream = streaming.AudioStream(worker, plan, cancel=cancel)
+    try:
+        for event in stream:
+            if isinstance(event, streaming.Finished):
+                yield (encoder.push(event.last.samples) if event.last else b"") + encoder.finish()
+            else:
+                yield encoder.push(event.samples)
+    except Cancelled:
+        return
+    finally:
+        stream.close()
+        encoder.close()
+
+
+def serve(worker: Any) -> int:
+    """Run the HTTP mode until SIGTERM/SIGINT (uvicorn finishes the requests in flight, then exits)."""
+    import uvicorn
+
+    settings = worker.settings
+    app = create_app(worker)
+    servers = [uvicorn.Server(uvicorn.Config(app, host="0.0.0.0", port=settings.port, log_level="warning"))]
+    if settings.port_health != settings.port:
+        from fastapi import FastAPI
+
+        health_app = FastAPI(docs_url=None, redoc_url=None)
+        health_app.add_api_route("/ping", next(r.endpoint for r in app.routes if getattr(r, "path", "") == "/ping"))
+        servers.append(
+            _Quiet(uvicorn.Config(health_app, host="0.0.0.0", port=settings.port_health, log_level="warning"))
+        )
+
+    async def run_all() -> None:
+        async def follow() -> None:  # the health server stops with the main one
+            while not servers[0].should_exit:
+                await asyncio.sleep(0.2)
+            for s in servers[1:]:
+                s.should_exit = True
+
+        await asyncio.gather(*(s.serve() for s in servers), follow())
+
+    # uvicorn re-raises the signal it shut down on once it is done; with a handler of ours in place that ends
+    # here, so a SIGTERM after in-flight requests finished exits 0 (clean), not killed by the signal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    asyncio.run(run_all())
+    log.info("HTTP server stopped")
+    return 0
+
+
+class _Quiet:
+    """A uvicorn server that leaves the signals to the main one."""
+
+    def __new__(cls, config: Any) -> Any:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self):  # type: ignore[override]
+                yield
+
+        return Server(config)

@@ -21,6 +21,7 @@ from audio import catalog, encoders, joiner, postprocess
 from audio.delivery import Deliverer
 from audio.errors import InputError, ModelError
 from audio.generator import Generator, GeneratorConfig, Synthesis
+from audio.model_gate import gated
 from audio.model_loader import ModelCache, find_model_path, versions
 from audio.openai_compat import is_openai_job, to_job_input
 from audio.quality import QualityLimits
@@ -100,7 +101,7 @@ class Worker:
         self.prompts = ClonePromptCache(settings.voice_cache, saved=self.voices)
         # Tests may wrap the real models (failure injection, call counting); production uses the cache.
         self.generator = Generator(
-            get_model or self.models.get,
+            gated(get_model or self.models.get),
             generator_config(settings),
             reference_for=self._reference_for,
             prompts=self.prompts,

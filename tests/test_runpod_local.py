@@ -226,3 +226,54 @@ def test_local_runpod_test_url_failed_job_exits_1_with_the_code(local_api, tmp_p
     err = capsys.readouterr().err
     assert re.match(r"error: job \S+ FAILED: invalid_input: unknown voice 'nobody'", err)
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_runpod_client_run_sync_against_the_default_deployment(local_api):
+    import runpod
+
+    previous = runpod.endpoint_url_base, runpod.api_key
+    runpod.endpoint_url_base, runpod.api_key = local_api, "local"  # the local API ignores the key
+    try:
+        # The local API serves /runsync at its root; the client posts to base/<endpoint id>/runsync.
+        output = runpod.Endpoint(".").run_sync({"input": JOB}, timeout=120)
+    finally:
+        runpod.endpoint_url_base, runpod.api_key = previous
+    assert output["metadata"]["num_chunks"] == 1
+    assert sf.info(io.BytesIO(base64.b64decode(output["audio_base64"]))).frames == 4 * 1920
+
+
+def test_streaming_deployment_runsync_returns_the_items_in_order(tiny_model_dir):
+    import numpy as np
+
+    port = free_port()
+    env = worker_env(tiny_model_dir, QWEN_TTS_STREAMING="true", QWEN_TTS_CHUNK_TARGET_CHARS="20")
+    proc = subprocess.Popen(
+        [sys.executable, "handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                requests.get(f"{url}/docs", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        text = " ".join(f"Sentence number {i} is here." for i in range(12))
+        job = {"text": text, "seed": 7, "params": {"max_new_tokens": 20}, "output_format": "pcm"}
+        streamed = requests.post(f"{url}/runsync", json={"input": {**job, "stream": True}}, timeout=300).json()
+        whole = requests.post(f"{url}/runsync", json={"input": job}, timeout=300).json()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    items = streamed["output"]
+    assert [i["index"] for i in items] == list(range(len(items)))
+    assert items[-1]["metadata"]["num_chunks"] == 12
+    (result,) = whole["output"]  # a non-stream job yields its one result
+    want = np.frombuffer(base64.b64decode(result["audio_base64"]), "<i2").astype(int)
+    got = np.concatenate([np.frombuffer(base64.b64decode(i["audio_base64"]), "<i2") for i in items]).astype(int)
+    assert len(got) == len(want) and np.max(np.abs(got - want)) <= 2  # within 2 LSB (incremental decode)

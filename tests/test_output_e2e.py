@@ -520,4 +520,4 @@ def test_aac_without_ffmpeg_is_invalid_input_before_any_model_work(tmp_path):
             "message": "aac needs ffmpeg, which this worker image lacks; use mp3/opus/flac/wav",
         }
     }
-    assert out["formats"] == ["wav", "mp3", "flac", "opus", "pcm"]
+    assert out["formats"] == ["wav", "mp3", "flac", "opus", "pcm", "ulaw", "alaw"]

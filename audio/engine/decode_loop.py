@@ -26,15 +26,24 @@ from audio.engine.sampling import RowSampling, Warp, apply_repetition_penalty, d
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Qwen3TTSRMSNorm, the same arithmetic: fp32 statistics, cast back, then the weight."""
+    """Qwen3TTSRMSNorm. In fp32 torch's fused kernel does the same arithmetic (bit-identical, checked on CPU) in
+    one op; in bf16/fp16 qwen's own order matters (fp32 statistics, cast back, then the weight)."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, weight.shape, weight, eps)
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(x.dtype)
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """`sin` with its first half negated, so that `rotate` needs one roll instead of rotate_half's slices."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """qwen's `x * cos + rotate_half(x) * sin`: rotate_half(x) = [-x2, x1] = roll(x, half) * [-1, 1]."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
 
 
 def _fuse(params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
@@ -152,7 +161,7 @@ class CodePredictor:
         positions = torch.arange(self.groups, device=self.norm.device).unsqueeze(0)
         probe = torch.zeros(1, dtype=self.norm.dtype, device=self.norm.device)
         cos, sin = cp.model.rotary_emb(probe, positions)  # [1, groups, D], the module's own arithmetic
-        self.cos, self.sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        self.cos, self.sin = cos.unsqueeze(1), signed_sin(sin).unsqueeze(1)
 
     def __call__(
         self, past_hidden: torch.Tensor, first: torch.Tensor, uniforms: torch.Tensor, warp: Warp
@@ -211,14 +220,14 @@ class FrameLoop:
         self._cos = self._sin = torch.empty(0)
 
     def rope(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin [length, D] for positions 0..length-1, grown on demand."""
+        """cos and signed sin [length, D] for positions 0..length-1, grown on demand."""
         if length > self._rope_len:
             size = max(length, 2 * self._rope_len, 512)
             positions = torch.arange(size, device=self.device).view(1, 1, -1).expand(3, 1, -1)
             probe = torch.zeros(1, dtype=self.dtype, device=self.device)
             cos, sin = self.talker.model.rotary_emb(probe, positions)  # [3, 1, size, D]
             # With the three position rows equal, qwen's interleaved mrope selection returns row 0 unchanged.
-            self._cos, self._sin, self._rope_len = cos[0, 0], sin[0, 0], size
+            self._cos, self._sin, self._rope_len = cos[0, 0], signed_sin(sin[0, 0]), size
         return self._cos[:length], self._sin[:length]
 
     def head(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -112,31 +112,49 @@ class Generator:
         for i, segment in enumerate(plan.segments):
             chunks.extend(_chunks_for(i, segment, self.config, len(chunks)))
 
-        work = self._batches_of(plan, chunks, self._voices(plan))
         done = 0
         retries = 0
         model_time_s = 0.0
-        for batch_no, (model, voice, language, prompt, batch) in enumerate(work):
-            pending = batch
-            for attempt in range(self.config.max_retries + 1):
-                started = time.perf_counter()
-                failures = self._generate(
-                    model, voice, language, prompt, pending, plan, _derive_seed(seed, batch_no, attempt)
-                )
-                model_time_s += time.perf_counter() - started
-                if not failures:
-                    break
-                if attempt == self.config.max_retries:
-                    chunk, reason = failures[0]
-                    raise SynthesisError(self._failure_message(chunk, len(chunks), plan, reason, attempt + 1))
-                retries += len(failures)
-                log.warning("retrying %d chunk(s) of batch %d: %s", len(failures), batch_no, failures[0][1])
-                pending = [c for c, _ in failures]
-            done += len(batch)
-            if on_progress is not None:
-                on_progress(done, len(chunks))
+        batch_no = 0
+        sample_rate = None
+        voices = self._voices(plan)
+        for model_name, groups in self._batches_of(plan, chunks, voices):
+            # One model at a time, fetched when its work starts and dropped when it ends: under a cap of one
+            # loaded model the cache can free it before the next model loads.
+            model = self.get_model(model_name)
+            if sample_rate is None:
+                sample_rate = model.sample_rate
+            elif model.sample_rate != sample_rate:  # pragma: no cover - every 12Hz model decodes at one rate
+                raise SynthesisError(f"model {model_name} speaks at {model.sample_rate} Hz, not {sample_rate}")
+            prompts: dict[tuple, Any] = {}  # a clone voice's prompt is built once per job, whatever the language
+            for voice, language, batches in groups:
+                prompt = None
+                if voice.ref_audio is not None:
+                    if voice.key() not in prompts:
+                        prompts[voice.key()] = model.clone_prompt(voice)
+                    prompt = prompts[voice.key()]
+                for batch in batches:
+                    pending = batch
+                    for attempt in range(self.config.max_retries + 1):
+                        started = time.perf_counter()
+                        failures = self._generate(
+                            model, voice, language, prompt, pending, plan, _derive_seed(seed, batch_no, attempt)
+                        )
+                        model_time_s += time.perf_counter() - started
+                        if not failures:
+                            break
+                        if attempt == self.config.max_retries:
+                            chunk, reason = failures[0]
+                            raise SynthesisError(self._failure_message(chunk, len(chunks), plan, reason, attempt + 1))
+                        retries += len(failures)
+                        log.warning("retrying %d chunk(s) of batch %d: %s", len(failures), batch_no, failures[0][1])
+                        pending = [c for c, _ in failures]
+                    batch_no += 1
+                    done += len(batch)
+                    if on_progress is not None:
+                        on_progress(done, len(chunks))
+            del model, prompts, prompt
 
-        sample_rate = work[0][0].sample_rate
         return Synthesis(
             chunks=self._trimmed(plan, chunks, sample_rate),
             pauses_ms=[seg.pause_ms for seg in plan.segments],
@@ -148,25 +166,49 @@ class Generator:
             model_time_s=model_time_s,
         )
 
-    def _batches_of(self, plan: JobPlan, chunks: list[Chunk], voices: list[Voice]) -> list[tuple]:
-        """(model, voice, language, clone prompt, chunks) per generate call: chunks that share model, voice
-        and language are batched together, across segments too."""
-        groups: dict[tuple, list[Chunk]] = {}
+    def _batches_of(
+        self, plan: JobPlan, chunks: list[Chunk], voices: list[Voice]
+    ) -> list[tuple[str, list[tuple[Voice, str, list[list[Chunk]]]]]]:
+        """The job's work by model, in order of first use: per model, its (voice, language, batches) groups.
+
+        Chunks that share model, voice and language are batched together, across segments too; a model's
+        groups all run before the next model's, so each model is needed for one stretch of the job only."""
+        groups: dict[str, dict[tuple, list[Chunk]]] = {}
         for chunk in chunks:
             seg = plan.segments[chunk.segment]
-            groups.setdefault((seg.model.name, voices[chunk.segment].key(), seg.language), []).append(chunk)
-        work = []
-        prompts: dict[tuple, Any] = {}  # a clone voice's prompt is built once per job, whatever the language
-        for (model_name, voice_key, language), members in groups.items():
-            model = self.get_model(model_name)
-            voice = voices[members[0].segment]
-            prompt = None
-            if voice.ref_audio is not None:
-                if (model_name, voice_key) not in prompts:
-                    prompts[model_name, voice_key] = model.clone_prompt(voice)
-                prompt = prompts[model_name, voice_key]
-            work.extend((model, voice, language, prompt, batch) for batch in _batches(members, self.config.max_batch))
-        return work
+            key = (voices[chunk.segment].key(), seg.language)
+            groups.setdefault(seg.model.name, {}).setdefault(key, []).append(chunk)
+        return [
+            (
+                model_name,
+                [
+                    (voices[members[0].segment], language, _batches(members, self.config.max_batch))
+                    for (_, language), members in by_voice.items()
+                ],
+            )
+            for model_name, by_voice in groups.items()
+        ]
+
+    def warm_up(self, plan: JobPlan) -> int:
+        """One short generation of each segment's first words, with no quality gate: a few frames of warm-up
+        prove the model loads and runs, not that they sound like speech. Returns the model's sample rate."""
+        sample_rate = 0
+        for segment, voice in zip(plan.segments, self._voices(plan), strict=True):
+            model = self.get_model(segment.model.name)
+            prompt = model.clone_prompt(voice) if voice.ref_audio is not None else None
+            wavs = model.generate(
+                [segment.text],
+                language=segment.language,
+                voice=voice,
+                seed=plan.seed or 0,
+                max_new_tokens=plan.max_new_tokens or 4,
+                params=plan.sampling,
+                clone_prompt=prompt,
+            )
+            if len(wavs) != 1:  # pragma: no cover - a qwen_tts contract break
+                raise SynthesisError(f"warm-up of {segment.model.name} returned {len(wavs)} outputs for 1 text")
+            sample_rate = model.sample_rate
+        return sample_rate
 
     def _voices(self, plan: JobPlan) -> list[Voice]:
         references = {}

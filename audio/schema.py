@@ -236,6 +236,13 @@ def _segment(
             names = ", ".join(s.name for s in SPEAKERS.values())
             aliases = ", ".join(VOICE_ALIASES)
             raise InputError(f"{where}unknown voice {voice!r}: use one of {names} (aliases: {aliases})")
+        dialect = SPEAKERS[speaker.lower()].dialect
+        if dialect and language == "Auto":
+            warnings.append(
+                f"voice {speaker} speaks the {dialect} dialect: with language Auto (or Chinese) qwen_tts uses "
+                f"{speaker}'s dialect for all text; set language for another language, or pick a voice without "
+                "a dialect for standard Mandarin"
+            )
         if instruct and not variant.honours_instruct:
             warnings.append(
                 f"model {variant.name} ignores instruct (only 1.7B-CustomVoice follows style instructions); "

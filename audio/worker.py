@@ -19,7 +19,7 @@ import soundfile as sf
 
 from audio import catalog, encoders, joiner, postprocess
 from audio.delivery import Deliverer
-from audio.errors import InputError
+from audio.errors import InputError, ModelError
 from audio.generator import Generator, GeneratorConfig, SpeechModel, Synthesis
 from audio.model_loader import ModelCache, find_model_path, versions
 from audio.openai_compat import is_openai_job, to_job_input
@@ -73,26 +73,26 @@ class Worker:
         self.generator = Generator(get_model or self.models.get, generator_config(settings))
         self.deliverer = Deliverer(settings.s3, settings.max_inline_bytes)
         self.started_at = time.time()
+        self.startup_error: str | None = None  # why preload failed; then no job is synthesized
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def preload(self) -> None:
         """Load and warm the configured models before taking jobs; raises ModelError if one can't load."""
         for name in self.settings.preload:
             started = time.perf_counter()
-            model = self.models.get(name)
-            job: dict[str, Any] = {"model": name, "text": "Hello.", "params": {"max_new_tokens": 4}}
+            job: dict[str, Any] = {"model": name, "text": "Hello.", "seed": 0, "params": {"max_new_tokens": 4}}
             kind = catalog.MODELS[name].kind
             if kind == catalog.VOICE_DESIGN:
                 job["instruct"] = "A clear, neutral voice."
             elif kind == catalog.BASE:
                 job.update(ref_audio=_warmup_reference(), x_vector_only=True)
-            self.generator.run(plan_job(parse_job(job), default_model=name, max_chars=self.settings.max_chars))
-            log.info(
-                "preloaded %s (sample rate %d) in %.1fs",
-                name,
-                model.sample_rate,
-                time.perf_counter() - started,
-            )
+            plan = plan_job(parse_job(job), default_model=name, max_chars=self.settings.max_chars)
+            sample_rate = self.generator.warm_up(plan)
+            log.info("preloaded %s (sample rate %d) in %.1fs", name, sample_rate, time.perf_counter() - started)
+
+    def fail_startup(self, reason: str) -> None:
+        """Preload failed: keep answering, every synthesis job with `model_unavailable` and this reason."""
+        self.startup_error = reason
 
     # -- jobs -----------------------------------------------------------------------------------------------
     def handle(self, job_input: Any, job_id: str, on_progress: ProgressFn | None = None) -> dict[str, Any]:
@@ -102,6 +102,8 @@ class Worker:
             if extra and action in INFO_ACTIONS:
                 raise InputError(f"unknown field(s) for action {action}: {', '.join(sorted(extra))}")
             return self.info(action)
+        if self.startup_error is not None:
+            raise ModelError(f"this worker could not start: {self.startup_error}")
         speed = 1.0
         if is_openai_job(job_input):
             job_input, speed = to_job_input(job_input, self.settings.default_model)
@@ -201,6 +203,16 @@ class Worker:
     # -- info actions -----------------------------------------------------------------------------------------
     def info(self, action: str) -> dict[str, Any]:
         if action == "health":
+            if self.startup_error is not None:
+                return {
+                    "status": "unavailable",
+                    "startup_error": self.startup_error,
+                    "loaded_models": self.models.loaded(),
+                    "model_loads": self.models.loads(),
+                    "default_model": self.settings.default_model,
+                    "uptime_seconds": round(time.time() - self.started_at, 1),
+                    "versions": versions(),
+                }
             runtime = self.models.runtime
             return {
                 "status": "ok",
@@ -208,6 +220,7 @@ class Worker:
                 "dtype": runtime.dtype,
                 "attention": runtime.attention,
                 "loaded_models": self.models.loaded(),
+                "model_loads": self.models.loads(),
                 "default_model": self.settings.default_model,
                 "output_formats": encoders.available_formats(),
                 "s3_configured": self.deliverer.s3_configured,

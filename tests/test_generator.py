@@ -255,3 +255,56 @@ def test_progress_is_reported_after_each_batch(make_worker):
     total = len(split_text(text, 150, 250))
     assert seen[-1] == (total, total)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen) and len(seen) == -(-total // 4)
+
+
+def test_alternating_models_under_a_cap_of_one_load_each_model_once(make_settings):
+    """A/Ryan, B/Ryan, A/Vivian, B/Vivian: each model loads once, its work runs in one stretch, and the first is
+    freed (no reference left anywhere) before the second loads."""
+    import weakref
+
+    from audio.model_loader import ModelCache, _load_qwen_tts
+    from audio.worker import Worker
+
+    loaded: dict[str, weakref.ref] = {}
+    alive_at_load: list[tuple[str, list[str]]] = []
+
+    def load(path, tokenizer, runtime):
+        alive_at_load.append((path.name, sorted(n for n, r in loaded.items() if r() is not None)))
+        tts = _load_qwen_tts(path, tokenizer, runtime)
+        loaded[path.name] = weakref.ref(tts)
+        return tts
+
+    settings = make_settings({"QWEN_TTS_MAX_LOADED_MODELS": "1"})
+    cache = ModelCache(settings, load=load)
+    calls: dict[str, list] = {}
+
+    def get_model(name):  # a fresh wrapper per fetch that keeps no reference once the generator drops it
+        return FaultyModel(cache.get(name), calls=calls.setdefault(name, []))
+
+    worker = Worker(settings, models=cache, get_model=get_model)
+    a, b = "0.6B-CustomVoice", "1.7B-CustomVoice"
+    segments = [
+        {"text": "One from A.", "model": a, "voice": "Ryan"},
+        {"text": "Two from B.", "model": b, "voice": "Ryan"},
+        {"text": "Three from A.", "model": a, "voice": "Vivian"},
+        {"text": "Four from B.", "model": b, "voice": "Vivian"},
+    ]
+    result = run(worker, {"segments": segments, "seed": 3, "params": {"max_new_tokens": 4}})
+    assert len(samples_of(result)) == 4 * 3 * FRAME + 3 * PAUSE
+    assert alive_at_load == [("Qwen3-TTS-12Hz-0.6B-CustomVoice", []), ("Qwen3-TTS-12Hz-1.7B-CustomVoice", [])]
+    assert calls == {a: [["One from A."], ["Three from A."]], b: [["Two from B."], ["Four from B."]]}
+    health = run(worker, {"action": "health"})
+    assert (health["loaded_models"], health["model_loads"]) == ([b], {a: 1, b: 1})
+
+
+def test_warm_up_runs_one_short_generation_without_the_quality_gate(make_settings, model_cache):
+    """A real model's 3-frame warm-up may well be silence: preload must not fail it as a chunk would."""
+    from audio.worker import Worker
+
+    settings = make_settings({"QWEN_TTS_PRELOAD": "0.6B-CustomVoice"})
+    silent = FaultyModel(model_cache.get("0.6B-CustomVoice"), faults={"Hello": ["silence", 99]})
+    worker = Worker(settings, models=model_cache, get_model=lambda name: silent)
+    worker.preload()
+    assert silent.calls == [["Hello."]]  # one generation, no retries
+    result = run(worker, {"text": "Hello.", "model": "0.6B-CustomVoice", "params": {"max_new_tokens": 4}})
+    assert result["error"]["code"] == "synthesis_failed"  # a job's chunk still gets the gate

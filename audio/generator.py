@@ -8,6 +8,7 @@ a chunk that still fails after its retries fails the job.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import secrets
 import time
@@ -18,12 +19,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from audio import joiner
-from audio.errors import SynthesisError
+from audio.errors import InputError, SynthesisError
 from audio.model_loader import Voice
 from audio.quality import QualityLimits, check_chunk, frame_budget
 from audio.reference import decode_reference
 from audio.schema import JobPlan, SegmentPlan
-from audio.splitter import split_text, text_weight
+from audio.splitter import CLAUSE, FORCED, SENTENCE, split_chunks
+from audio.spoken import is_speakable, spoken_weight
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ class GeneratorConfig:
     chunk_max_chars: int = 250
     crossfade_ms: float = 40.0
     edge_pad_ms: float = 60.0
+    sentence_pause_ms: float = 300.0  # silence after a chunk that ends a sentence (between the edge pads)
+    clause_pause_ms: float = 120.0  # after a chunk cut at a clause break; a forced cut crossfades instead
     limits: QualityLimits = field(default_factory=QualityLimits)
 
 
@@ -63,8 +67,10 @@ class Chunk:
     index: int  # position in the job
     segment: int
     text: str
-    span: tuple[int, int]  # character range in its segment's text, for error messages
-    weight: float
+    span: tuple[int, int]  # character range in its segment's text, for error messages and the timeline
+    weight: float  # as read aloud (`spoken_weight`): sets the frame budget and the quality checks
+    boundary: str = SENTENCE  # why the chunk ends: the pause after it
+    speakable: bool = True  # False: nothing to say, never sent to a model; it becomes a pause
     audio: np.ndarray | None = None
 
 
@@ -78,15 +84,26 @@ class Synthesis:
     retries: int
     seed: int
     model_time_s: float
+    # Per segment, between its chunks j and j+1: ms of silence, or None for a crossfade (a forced cut).
+    gaps_ms: list[list[float | None]] | None = None
+    spans: list[list[tuple[int, int]]] | None = None  # per segment, each chunk's character range in its text
 
 
 def _chunks_for(segment_index: int, segment: SegmentPlan, config: GeneratorConfig, start: int) -> list[Chunk]:
     chunks = []
-    pos = 0
-    for text in split_text(segment.text, config.chunk_target_chars, config.chunk_max_chars):
-        begin = segment.text.index(text, pos)
-        pos = begin + len(text)
-        chunks.append(Chunk(start + len(chunks), segment_index, text, (begin, pos), text_weight(text)))
+    for piece in split_chunks(segment.text, config.chunk_target_chars, config.chunk_max_chars):
+        text = segment.text[piece.start : piece.end]
+        chunks.append(
+            Chunk(
+                start + len(chunks),
+                segment_index,
+                text,
+                (piece.start, piece.end),
+                spoken_weight(text),
+                boundary=piece.boundary,
+                speakable=is_speakable(text),
+            )
+        )
     return chunks
 
 
@@ -112,7 +129,7 @@ class Generator:
         for i, segment in enumerate(plan.segments):
             chunks.extend(_chunks_for(i, segment, self.config, len(chunks)))
 
-        done = 0
+        done = sum(not c.speakable for c in chunks)
         retries = 0
         model_time_s = 0.0
         batch_no = 0
@@ -155,8 +172,15 @@ class Generator:
                         on_progress(done, len(chunks))
             del model, prompts, prompt
 
+        if sample_rate is None:  # plan_job refuses such a job; this guards direct callers
+            raise InputError("the text has nothing to speak")
+        for chunk in chunks:
+            if not chunk.speakable:  # "…", "—", an emoji: a pause as long as after a sentence
+                chunk.audio = np.zeros(round(sample_rate * self.config.sentence_pause_ms / 1000.0), np.float32)
         return Synthesis(
             chunks=self._trimmed(plan, chunks, sample_rate),
+            gaps_ms=self._gaps(plan, chunks),
+            spans=[[c.span for c in chunks if c.segment == i] for i in range(len(plan.segments))],
             pauses_ms=[seg.pause_ms for seg in plan.segments],
             crossfade=int(sample_rate * self.config.crossfade_ms / 1000.0),
             sample_rate=sample_rate,
@@ -172,9 +196,12 @@ class Generator:
         """The job's work by model, in order of first use: per model, its (voice, language, batches) groups.
 
         Chunks that share model, voice and language are batched together, across segments too; a model's
-        groups all run before the next model's, so each model is needed for one stretch of the job only."""
+        groups all run before the next model's, so each model is needed for one stretch of the job only.
+        A chunk with nothing to say goes to no model."""
         groups: dict[str, dict[tuple, list[Chunk]]] = {}
         for chunk in chunks:
+            if not chunk.speakable:
+                continue
             seg = plan.segments[chunk.segment]
             key = (voices[chunk.segment].key(), seg.language)
             groups.setdefault(seg.model.name, {}).setdefault(key, []).append(chunk)
@@ -275,6 +302,14 @@ class Generator:
             else:
                 failures.append((chunk, reason))
         return failures
+
+    def _gaps(self, plan: JobPlan, chunks: list[Chunk]) -> list[list[float | None]]:
+        pause = {SENTENCE: self.config.sentence_pause_ms, CLAUSE: self.config.clause_pause_ms, FORCED: None}
+        gaps: list[list[float | None]] = [[] for _ in plan.segments]
+        for chunk, after in itertools.pairwise(chunks):
+            if after.segment == chunk.segment:
+                gaps[chunk.segment].append(pause[chunk.boundary])
+        return gaps
 
     def _trimmed(self, plan: JobPlan, chunks: list[Chunk], sample_rate: int) -> list[list[np.ndarray]]:
         per_segment: list[list[np.ndarray]] = [[] for _ in plan.segments]

@@ -29,6 +29,7 @@ from audio.catalog import (
 from audio.delivery import MODES as DELIVERY_MODES
 from audio.encoders import FORMATS as OUTPUT_FORMATS
 from audio.errors import InputError
+from audio.spoken import is_speakable
 
 INFO_ACTIONS = ("health", "voices", "languages", "models")
 
@@ -87,6 +88,7 @@ class SynthesisJob(VoiceFields):
     stream: bool | None = None
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
     params: Params | None = None
+    captions: Literal["srt", "vtt"] | None = None  # captions of the spoken text, returned beside the audio
 
     @field_validator("params")
     @classmethod
@@ -138,6 +140,7 @@ class JobPlan:
     max_new_tokens: int | None
     warnings: list[str] = field(default_factory=list)
     speed: float = 1.0  # tempo, pitch kept: only the OpenAI-shaped input sets it
+    captions: str | None = None  # "srt" | "vtt"
 
     @property
     def models(self) -> list[str]:
@@ -285,6 +288,8 @@ def plan_job(job: SynthesisJob, *, default_model: str, max_chars: int) -> JobPla
         segments = [
             _segment(f"segments[{i}]: ", s.text, s, job, default_model, warnings) for i, s in enumerate(job.segments)
         ]
+    if not any(is_speakable(s.text) for s in segments):
+        raise InputError("the text has nothing to speak: it holds only punctuation, symbols, emoji or whitespace")
     if job.stream:
         warnings.append("stream is not supported yet: the whole result is returned at once")
     total = sum(len(s.text) for s in segments)
@@ -304,4 +309,5 @@ def plan_job(job: SynthesisJob, *, default_model: str, max_chars: int) -> JobPla
         sampling=job.params.sampling(),
         max_new_tokens=job.params.max_new_tokens,
         warnings=list(dict.fromkeys(warnings)),
+        captions=job.captions,
     )

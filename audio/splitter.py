@@ -13,6 +13,7 @@ import re
 import string
 import unicodedata
 from bisect import bisect_right
+from dataclasses import dataclass
 from itertools import accumulate, pairwise
 
 # A CJK character is roughly one spoken syllable, and a syllable of English speech takes about 3 letters of
@@ -119,6 +120,7 @@ _BREAK_LEVELS = (
     (re.compile(rf",[{_C}]*(?=\s|[{_CJK}])|[，、][{_C}]*"), False),
     (re.compile(r"\s+"), True),
 )
+_BREAK_KINDS = ("clause", "clause", "forced")
 # A hard cut never lands right before punctuation or a closer, nor right after an opener.
 _NO_CUT_BEFORE = frozenset(_CLOSERS + _CJK_TERMINATORS + _LATIN_TERMINATORS + ",;:，、；：")
 _NO_CUT_AFTER = frozenset(_OPENERS)
@@ -142,6 +144,20 @@ def split_sentences(text: str) -> list[str]:
     return [text[a:b] for a, b in _sentence_spans(text)]
 
 
+# Why a chunk ends, which decides the pause after it: a sentence end, a clause break (`;:,` and their
+# full-width forms), or a forced cut inside a clause (at whitespace or between characters).
+SENTENCE = "sentence"
+CLAUSE = "clause"
+FORCED = "forced"
+
+
+@dataclass(frozen=True)
+class ChunkSpan:
+    start: int  # text[start:end] is the chunk
+    end: int
+    boundary: str  # SENTENCE | CLAUSE | FORCED: why the chunk ends (the last one ends with its text: SENTENCE)
+
+
 def split_text(text: str, target_chars: int = 150, max_chars: int = 250) -> list[str]:
     """Chunks ready for TTS: whole sentences packed up to `target_chars` of weight, none over `max_chars`.
 
@@ -149,16 +165,21 @@ def split_text(text: str, target_chars: int = 150, max_chars: int = 250) -> list
     whitespace); only a run without whitespace (CJK without punctuation, a giant URL) is cut between
     characters. Weights are measured with `text_weight`.
     """
+    return [text[c.start : c.end] for c in split_chunks(text, target_chars, max_chars)]
+
+
+def split_chunks(text: str, target_chars: int = 150, max_chars: int = 250) -> list[ChunkSpan]:
+    """`split_text`'s chunks as spans of `text`, each with the kind of break it ends at."""
     if target_chars < 1 or max_chars < target_chars:
         raise ValueError(f"need 1 <= target_chars <= max_chars, got {target_chars} and {max_chars}")
     pre = _prefix_weights(text)
-    pieces: list[tuple[int, int]] = []
+    pieces: list[tuple[int, int, str]] = []
     for a, b in _sentence_spans(text):
         if pre[b] - pre[a] <= max_chars:
-            pieces.append((a, b))
+            pieces.append((a, b, SENTENCE))
         else:
-            _cut(text, pre, a, b, 0, target_chars, max_chars, pieces)
-    return [text[a:b] for a, b in _pack(pieces, pre, target_chars)]
+            _cut(text, pre, a, b, 0, target_chars, max_chars, pieces, SENTENCE)
+    return [ChunkSpan(a, b, kind) for a, b, kind in _pack(pieces, pre, target_chars)]
 
 
 def _prefix_weights(text: str) -> list[float]:
@@ -344,29 +365,37 @@ def _cut(
     level: int,
     target: int,
     max_chars: int,
-    out: list[tuple[int, int]],
+    out: list[tuple[int, int, str]],
+    end_kind: str,
 ) -> None:
-    """Append to `out` stripped spans covering text[a:b], each within `max_chars` where any break allows."""
+    """Append to `out` stripped spans covering text[a:b], each within `max_chars` where any break allows,
+    each with the kind of break it ends at (the last one: `end_kind`, the break that ends text[a:b])."""
     if pre[b] - pre[a] <= max_chars:
-        out.append((a, b))
+        out.append((a, b, end_kind))
         return
     if level == len(_BREAK_LEVELS):
-        out.extend(_hard_cut(text, pre, a, b, target, max_chars))
+        spans = _hard_cut(text, pre, a, b, target, max_chars)
+        out.extend((s, e, FORCED) for s, e in spans[:-1])
+        out.append((*spans[-1], end_kind))
         return
     # Cut at every break of this level; packing re-joins the small pieces up to `target` afterwards.
     pattern, at_start = _BREAK_LEVELS[level]
+    kind = _BREAK_KINDS[level]
+    first = len(out)
     prev = a
     for m in pattern.finditer(text, a, b):
         s, e = _strip_span(text, prev, m.start() if at_start else m.end())
         prev = m.end()
         if s < e:
             if pre[e] - pre[s] <= max_chars:
-                out.append((s, e))
+                out.append((s, e, kind))
             else:
-                _cut(text, pre, s, e, level + 1, target, max_chars, out)
+                _cut(text, pre, s, e, level + 1, target, max_chars, out, kind)
     s, e = _strip_span(text, prev, b)
     if s < e:
-        _cut(text, pre, s, e, level + 1, target, max_chars, out)
+        _cut(text, pre, s, e, level + 1, target, max_chars, out, end_kind)
+    elif len(out) > first:  # text[a:b] ended with a break of this level: the last piece ends where it does
+        out[-1] = (out[-1][0], out[-1][1], end_kind)
 
 
 def _splits_cluster(text: str, i: int) -> bool:
@@ -424,12 +453,13 @@ def _hard_cut(text: str, pre: list[float], a: int, b: int, target: int, max_char
     return spans
 
 
-def _pack(pieces: list[tuple[int, int]], pre: list[float], target: int) -> list[tuple[int, int]]:
-    """Greedily merge consecutive pieces while the merged span weighs at most `target`."""
-    chunks: list[tuple[int, int]] = []
-    for a, b in pieces:
+def _pack(pieces: list[tuple[int, int, str]], pre: list[float], target: int) -> list[tuple[int, int, str]]:
+    """Greedily merge consecutive pieces while the merged span weighs at most `target`; a merged chunk ends
+    with its last piece's break."""
+    chunks: list[tuple[int, int, str]] = []
+    for a, b, kind in pieces:
         if chunks and pre[b] - pre[chunks[-1][0]] <= target:
-            chunks[-1] = (chunks[-1][0], b)
+            chunks[-1] = (chunks[-1][0], b, kind)
         else:
-            chunks.append((a, b))
+            chunks.append((a, b, kind))
     return chunks

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from audio.joiner import CROSSFADE as CROSSFADE_GAP
 from audio.joiner import joined_length
-from audio.splitter import split_text
+from audio.splitter import split_chunks, split_text
 from handler import make_handler
 
 FRAME = 1920
@@ -31,6 +32,14 @@ SENTENCES = [
     "每个句子都应该完整地保留下来。",
     "Then the story continues with another calm, measured sentence.",
 ]
+
+
+GAPS = {"sentence": PAUSE, "clause": 2880, "forced": CROSSFADE_GAP}  # 300 ms, 120 ms at 24 kHz; crossfade
+
+
+def gaps_of(text: str, target: int = 150, maximum: int = 250) -> list[list[int]]:
+    """The joiner's gap after each chunk but the last of one segment, by why the chunk ends."""
+    return [[GAPS[c.boundary] for c in split_chunks(text, target, maximum)[:-1]]]
 
 
 def long_text(chars: int) -> str:
@@ -106,8 +115,9 @@ def test_long_text_is_one_wav_of_exactly_the_joined_length(make_worker, faulty):
     result = run(worker, {"text": text, "model": "0.6B-CustomVoice", "seed": 1, "params": {"max_new_tokens": 4}})
     chunk_len = 3 * FRAME
     assert result["metadata"]["num_chunks"] == len(chunks) == 17
-    assert len(samples_of(result)) == len(chunks) * chunk_len - (len(chunks) - 1) * CROSSFADE
-    assert len(samples_of(result)) == joined_length([[chunk_len] * len(chunks)], [0], CROSSFADE)
+    assert {c.boundary for c in split_chunks(text, 150, 250)} == {"sentence"}  # every chunk ends a sentence
+    assert len(samples_of(result)) == len(chunks) * chunk_len + (len(chunks) - 1) * PAUSE
+    assert len(samples_of(result)) == joined_length([[chunk_len] * len(chunks)], [0], CROSSFADE, gaps_of(text))
     calls = faulty.wrappers["0.6B-CustomVoice"].calls
     assert [len(c) for c in calls] == [8, 8, 1]  # QWEN_TTS_MAX_BATCH=8
     assert sorted(t for call in calls for t in call) == sorted(chunks)  # every chunk generated once, none lost
@@ -186,7 +196,7 @@ def test_a_failing_chunk_alone_is_retried_and_the_job_succeeds(make_worker, faul
     result = run(worker, {"text": text, "model": "0.6B-CustomVoice", "seed": 4, "params": {"max_new_tokens": 30}})
     assert result["metadata"]["retries"] == 2
     assert model.calls[1:] == [[bad], [bad]]  # only the failing chunk is regenerated
-    assert len(samples_of(result)) == joined_length([[29 * FRAME] * len(chunks)], [0], CROSSFADE)
+    assert len(samples_of(result)) == joined_length([[29 * FRAME] * len(chunks)], [0], CROSSFADE, gaps_of(text))
 
 
 def test_a_runaway_chunk_is_retried_against_its_text_budget(live_eos_worker, model_cache):

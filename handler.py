@@ -18,7 +18,7 @@ from typing import Any
 
 from audio.errors import TTSError
 from audio.settings import Settings
-from audio.worker import Worker
+from audio.worker import ProgressFn, Worker
 
 log = logging.getLogger("qwen3_tts_worker")
 
@@ -29,10 +29,12 @@ def error(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
-def make_handler(worker: Worker, *, report_progress: bool = False) -> Handler:
+def make_handler(worker: Worker, *, report_progress: bool = False, progress: ProgressFn | None = None) -> Handler:
+    """`progress` (a local caller's) gets each job's `done, total` chunks; `report_progress` posts them to RunPod."""
+
     def handle(job: dict[str, Any]) -> dict[str, Any]:
         job_id = str(job.get("id") or "local")
-        on_progress = None
+        on_progress = progress
         if report_progress:
             import runpod
 
@@ -69,10 +71,10 @@ _lock = threading.Lock()
 _handler: Handler | None = None
 
 
-def build(env: Mapping[str, str]) -> tuple[Worker, Handler]:
+def build(env: Mapping[str, str], progress: ProgressFn | None = None) -> tuple[Worker, Handler]:
     worker = Worker(Settings.from_env(env))
     # progress_update posts to RunPod's job API, which exists only when the worker runs on RunPod.
-    return worker, make_handler(worker, report_progress=bool(env.get("RUNPOD_WEBHOOK_GET_JOB")))
+    return worker, make_handler(worker, report_progress=bool(env.get("RUNPOD_WEBHOOK_GET_JOB")), progress=progress)
 
 
 def handler(job: dict[str, Any]) -> dict[str, Any]:

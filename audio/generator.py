@@ -1,8 +1,9 @@
 """The chunking generator: split a job's text, generate chunks in batches, check and retry, then join.
 
-It knows models only through the small `SpeechModel` protocol (what `model_loader.LoadedModel` offers), so a
-test can wrap the real model to inject failures. Invalid input never reaches here; no sleeps, no silent drops:
-a chunk that still fails after its retries fails the job.
+It knows models only through the engine seam (`audio.speech.SpeechModel`), so a test can wrap the real model to
+inject failures. Each chunk samples from its own seed (job seed, chunk, attempt), so a retry draws a new sample
+and, with the fast engine, a chunk's audio does not depend on what shares its batch. Invalid input never
+reaches here; no sleeps, no silent drops: a chunk that still fails after its retries fails the job.
 """
 
 from __future__ import annotations
@@ -12,41 +13,23 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from audio import joiner
 from audio.errors import InputError, SynthesisError
-from audio.model_loader import Voice
 from audio.quality import QualityLimits, check_chunk, frame_budget
-from audio.reference import decode_reference
+from audio.reference import Reference, decode_reference
 from audio.schema import JobPlan, SegmentPlan
+from audio.speech import ChunkRequest, SpeechModel, Voice
 from audio.splitter import CLAUSE, FORCED, SENTENCE, split_chunks
 from audio.spoken import is_speakable, spoken_weight
+from audio.voice_cache import ClonePromptCache
 
 log = logging.getLogger(__name__)
-
-
-class SpeechModel(Protocol):
-    sample_rate: int
-    frame_samples: int
-
-    def clone_prompt(self, voice: Voice) -> Any: ...
-
-    def generate(
-        self,
-        texts: Sequence[str],
-        *,
-        language: str,
-        voice: Voice,
-        seed: int,
-        max_new_tokens: int,
-        params: dict[str, Any],
-        clone_prompt: Any = None,
-    ) -> list[np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -84,6 +67,8 @@ class Synthesis:
     retries: int
     seed: int
     model_time_s: float
+    warnings: list[str] = field(default_factory=list)  # e.g. a long reference cut
+    voice_cache: str | None = None  # "hit" when no clone prompt was built, "miss" when one was; None: no clone
     # Per segment, between its chunks j and j+1: ms of silence, or None for a crossfade (a forced cut).
     gaps_ms: list[list[float | None]] | None = None
     spans: list[list[tuple[int, int]]] | None = None  # per segment, each chunk's character range in its text
@@ -118,10 +103,24 @@ def _batches(chunks: list[Chunk], max_batch: int) -> list[list[Chunk]]:
     return [ordered[i : i + max_batch] for i in range(0, len(ordered), max_batch)]
 
 
+def _decode_inline(segment: SegmentPlan, sample_rate: int) -> Reference:
+    return decode_reference(segment.ref_audio, sample_rate)
+
+
 class Generator:
-    def __init__(self, get_model: Callable[[str], SpeechModel], config: GeneratorConfig):
+    def __init__(
+        self,
+        get_model: Callable[[str], SpeechModel],
+        config: GeneratorConfig,
+        *,
+        reference_for: Callable[[SegmentPlan, int], Reference] = _decode_inline,
+        prompts: ClonePromptCache | None = None,
+    ):
         self.get_model = get_model
         self.config = config
+        # A segment's reference at a model's rate: the worker's applies its URL policy and saved voices.
+        self.reference_for = reference_for
+        self.prompts = prompts or ClonePromptCache(capacity=0)
 
     def run(self, plan: JobPlan, *, on_progress: Callable[[int, int], None] | None = None) -> Synthesis:
         seed = plan.seed if plan.seed is not None else secrets.randbelow(2**32)
@@ -134,8 +133,10 @@ class Generator:
         model_time_s = 0.0
         batch_no = 0
         sample_rate = None
-        voices = self._voices(plan)
-        for model_name, groups in self._batches_of(plan, chunks, voices):
+        warnings: list[str] = []
+        hits: list[bool] = []
+        references: dict[tuple, Reference] = {}
+        for model_name, groups in self._batches_of(plan, chunks):
             # One model at a time, fetched when its work starts and dropped when it ends: under a cap of one
             # loaded model the cache can free it before the next model loads.
             model = self.get_model(model_name)
@@ -143,20 +144,22 @@ class Generator:
                 sample_rate = model.sample_rate
             elif model.sample_rate != sample_rate:  # pragma: no cover - every 12Hz model decodes at one rate
                 raise SynthesisError(f"model {model_name} speaks at {model.sample_rate} Hz, not {sample_rate}")
-            prompts: dict[tuple, Any] = {}  # a clone voice's prompt is built once per job, whatever the language
-            for voice, language, batches in groups:
+            voices = self._voices(plan, sorted({c.segment for g in groups for c in g}), model, references, warnings)
+            prompts: dict[tuple, Any] = {}  # a clone voice's prompt is fetched once per job, whatever the language
+            for members in groups:
+                voice = voices[members[0].segment]
+                language = plan.segments[members[0].segment].language
                 prompt = None
                 if voice.ref_audio is not None:
                     if voice.key() not in prompts:
-                        prompts[voice.key()] = model.clone_prompt(voice)
+                        prompts[voice.key()], hit = self.prompts.get(model_name, model, voice)
+                        hits.append(hit)
                     prompt = prompts[voice.key()]
-                for batch in batches:
+                for batch in _batches(members, self.config.max_batch):
                     pending = batch
                     for attempt in range(self.config.max_retries + 1):
                         started = time.perf_counter()
-                        failures = self._generate(
-                            model, voice, language, prompt, pending, plan, _derive_seed(seed, batch_no, attempt)
-                        )
+                        failures = self._generate(model, voice, language, prompt, pending, plan, seed, attempt)
                         model_time_s += time.perf_counter() - started
                         if not failures:
                             break
@@ -188,12 +191,12 @@ class Generator:
             retries=retries,
             seed=seed,
             model_time_s=model_time_s,
+            warnings=list(dict.fromkeys(warnings)),
+            voice_cache=None if not hits else ("hit" if all(hits) else "miss"),
         )
 
-    def _batches_of(
-        self, plan: JobPlan, chunks: list[Chunk], voices: list[Voice]
-    ) -> list[tuple[str, list[tuple[Voice, str, list[list[Chunk]]]]]]:
-        """The job's work by model, in order of first use: per model, its (voice, language, batches) groups.
+    def _batches_of(self, plan: JobPlan, chunks: list[Chunk]) -> list[tuple[str, list[list[Chunk]]]]:
+        """The job's work by model, in order of first use: per model, its chunks grouped by voice and language.
 
         Chunks that share model, voice and language are batched together, across segments too; a model's
         groups all run before the next model's, so each model is needed for one stretch of the job only.
@@ -203,58 +206,56 @@ class Generator:
             if not chunk.speakable:
                 continue
             seg = plan.segments[chunk.segment]
-            key = (voices[chunk.segment].key(), seg.language)
-            groups.setdefault(seg.model.name, {}).setdefault(key, []).append(chunk)
-        return [
-            (
-                model_name,
-                [
-                    (voices[members[0].segment], language, _batches(members, self.config.max_batch))
-                    for (_, language), members in by_voice.items()
-                ],
-            )
-            for model_name, by_voice in groups.items()
-        ]
+            # Segments with the same voice fields share a group (a reference is known by its source here).
+            key = (seg.speaker, seg.instruct, seg.ref_audio, seg.saved_voice, seg.ref_text, seg.x_vector_only)
+            groups.setdefault(seg.model.name, {}).setdefault((key, seg.language), []).append(chunk)
+        return [(name, list(by_voice.values())) for name, by_voice in groups.items()]
 
     def warm_up(self, plan: JobPlan) -> int:
-        """One short generation of each segment's first words, with no quality gate: a few frames of warm-up
-        prove the model loads and runs, not that they sound like speech. Returns the model's sample rate."""
+        """One short generation of each segment's text, with no quality gate: a few frames of warm-up prove the
+        model loads and runs, not that they sound like speech. Returns the model's sample rate."""
         sample_rate = 0
-        for segment, voice in zip(plan.segments, self._voices(plan), strict=True):
+        for i, segment in enumerate(plan.segments):
             model = self.get_model(segment.model.name)
+            voice = self._voices(plan, [i], model, {}, [])[i]
             prompt = model.clone_prompt(voice) if voice.ref_audio is not None else None
+            request = ChunkRequest(segment.text, plan.max_new_tokens or 3, plan.seed or 0)
             wavs = model.generate(
-                [segment.text],
-                language=segment.language,
-                voice=voice,
-                seed=plan.seed or 0,
-                max_new_tokens=plan.max_new_tokens or 4,
-                params=plan.sampling,
-                clone_prompt=prompt,
+                [request], language=segment.language, voice=voice, params=plan.sampling, clone_prompt=prompt
             )
-            if len(wavs) != 1:  # pragma: no cover - a qwen_tts contract break
+            if len(wavs) != 1:  # pragma: no cover - an engine contract break
                 raise SynthesisError(f"warm-up of {segment.model.name} returned {len(wavs)} outputs for 1 text")
             sample_rate = model.sample_rate
         return sample_rate
 
-    def _voices(self, plan: JobPlan) -> list[Voice]:
-        references = {}
-        voices = []
-        for seg in plan.segments:
+    def _voices(
+        self,
+        plan: JobPlan,
+        segments: list[int],
+        model: SpeechModel,
+        references: dict[tuple, Reference],
+        warnings: list[str],
+    ) -> dict[int, Voice]:
+        """The voice of each of these segments, for `model`: references decoded at its rate, once per job."""
+        voices = {}
+        for i in segments:
+            seg = plan.segments[i]
             ref = None
-            if seg.ref_audio is not None:
-                if seg.ref_audio not in references:
-                    references[seg.ref_audio] = decode_reference(seg.ref_audio)
-                ref = references[seg.ref_audio]
-            voices.append(
-                Voice(
-                    speaker=seg.speaker,
-                    instruct=seg.instruct,
-                    ref_audio=(ref.samples, ref.sample_rate) if ref else None,
-                    ref_text=seg.ref_text,
-                    x_vector_only=seg.x_vector_only,
-                    ref_key=ref.key if ref else None,
-                )
+            if seg.ref_audio is not None or seg.saved_voice is not None:
+                rate = model.sample_rate
+                source = (seg.ref_audio, seg.saved_voice, rate)
+                if source not in references:
+                    references[source] = self.reference_for(seg, rate)
+                    warnings.extend(references[source].warnings)
+                ref = references[source]
+            voices[i] = Voice(
+                speaker=seg.speaker,
+                instruct=seg.instruct,
+                ref_audio=(ref.samples, ref.sample_rate) if ref else None,
+                ref_text=seg.ref_text,
+                x_vector_only=seg.x_vector_only,
+                ref_key=ref.key if ref else None,
+                saved_voice=seg.saved_voice,
             )
         return voices
 
@@ -267,6 +268,7 @@ class Generator:
         batch: list[Chunk],
         plan: JobPlan,
         seed: int,
+        attempt: int,
     ) -> list[tuple[Chunk, str]]:
         frame_rate = model.sample_rate / model.frame_samples
         limits = self.config.limits
@@ -274,17 +276,11 @@ class Generator:
         user_cap = plan.max_new_tokens
         if user_cap is not None:
             budgets = [max(1, min(b, user_cap - 1)) for b in budgets]
-        wavs = model.generate(
-            [c.text for c in batch],
-            language=language,
-            voice=voice,
-            seed=seed,
-            # qwen_tts keeps one frame fewer than it samples tokens: a step's residual codebooks are
-            # predicted on the next step, so the last token never becomes audio.
-            max_new_tokens=max(budgets) + 1,
-            params=plan.sampling,
-            clone_prompt=prompt,
-        )
+        requests = [
+            ChunkRequest(c.text, budget, _derive_seed(seed, c.index, attempt))
+            for c, budget in zip(batch, budgets, strict=True)
+        ]
+        wavs = model.generate(requests, language=language, voice=voice, params=plan.sampling, clone_prompt=prompt)
         failures = []
         for chunk, wav, budget in zip(batch, wavs, budgets, strict=True):
             frames = -(-len(wav) // model.frame_samples)

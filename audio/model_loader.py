@@ -1,6 +1,7 @@
-"""Finding, loading, caching and calling the Qwen3-TTS models: the only module that imports torch and qwen_tts.
+"""Finding, loading and caching the Qwen3-TTS models, each behind the configured engine (`audio/engine/`).
 
-Both are imported lazily, so validation, info actions and tests of pure code never pay for them.
+The model boundary: this module and `audio/engine/` are the only ones that import torch and qwen_tts, both
+lazily, so validation, info actions and tests of pure code never pay for them.
 """
 
 from __future__ import annotations
@@ -10,33 +11,19 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from audio.catalog import BASE, CUSTOM_VOICE, MODELS, TOKENIZER_DIR_NAME, VOICE_DESIGN, ModelVariant
-from audio.errors import InputError, ModelError
+from audio.catalog import MODELS, TOKENIZER_DIR_NAME, ModelVariant
+from audio.errors import ModelError
 from audio.settings import Settings
 
+if TYPE_CHECKING:
+    from audio.engine.base import QwenSpeech
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Voice:
-    """Who speaks a chunk. CustomVoice: `speaker` (+ `instruct`); VoiceDesign: `instruct`; Base: `ref_*`."""
-
-    speaker: str | None = None
-    instruct: str | None = None
-    ref_audio: tuple[np.ndarray, int] | None = None  # decoded reference (samples, sample_rate)
-    ref_text: str | None = None
-    x_vector_only: bool = False
-    ref_key: str | None = None  # identifies the reference audio, for caching its clone prompt
-
-    def key(self) -> tuple:
-        return (self.speaker, self.instruct, self.ref_key, self.ref_text, self.x_vector_only)
 
 
 @dataclass(frozen=True)
@@ -118,71 +105,6 @@ def _flash_attn_installed() -> bool:
     return True
 
 
-class LoadedModel:
-    """One loaded variant, with the calls the generator needs. Output is float32 mono at `sample_rate`."""
-
-    def __init__(self, variant: ModelVariant, tts: Any, runtime: Runtime):
-        self.variant = variant
-        self.tts = tts
-        self.runtime = runtime
-        self.sample_rate = int(tts.model.speech_tokenizer.get_output_sample_rate())
-        self.frame_samples = int(tts.model.speech_tokenizer.get_decode_upsample_rate())
-
-    def clone_prompt(self, voice: Voice) -> Any:
-        """Build a Base model's voice-clone prompt once; every chunk of the voice reuses it."""
-        samples, rate = voice.ref_audio
-        try:
-            return self.tts.create_voice_clone_prompt(
-                ref_audio=(samples, rate), ref_text=voice.ref_text, x_vector_only_mode=voice.x_vector_only
-            )
-        except ValueError as exc:
-            raise InputError(f"the reference audio could not be used: {exc}") from None
-
-    def generate(
-        self,
-        texts: Sequence[str],
-        *,
-        language: str,
-        voice: Voice,
-        seed: int,
-        max_new_tokens: int,
-        params: dict[str, Any],
-        clone_prompt: Any = None,
-    ) -> list[np.ndarray]:
-        """One batched `generate_*` call for chunks that share voice, language and parameters."""
-        import torch
-
-        torch.manual_seed(seed)
-        if torch.cuda.is_available():
-            torch.cuda.manual_seed_all(seed)
-        kwargs = dict(params, max_new_tokens=max_new_tokens)
-        texts = list(texts)
-        kind = self.variant.kind
-        if kind == CUSTOM_VOICE:
-            instruct = voice.instruct if self.variant.honours_instruct else None
-            wavs, rate = self.tts.generate_custom_voice(
-                text=texts, speaker=voice.speaker, language=language, instruct=instruct, **kwargs
-            )
-        elif kind == VOICE_DESIGN:
-            wavs, rate = self.tts.generate_voice_design(
-                text=texts, instruct=voice.instruct, language=language, **kwargs
-            )
-        elif kind == BASE:
-            # non_streaming_mode=True: the streaming text feed speeds speech up within a long clone generation.
-            wavs, rate = self.tts.generate_voice_clone(
-                text=texts,
-                language=language,
-                voice_clone_prompt=clone_prompt,
-                non_streaming_mode=True,
-                **kwargs,
-            )
-        else:  # pragma: no cover - the catalog has no other kind
-            raise ModelError(f"unknown model kind {kind}")
-        if rate != self.sample_rate:  # pragma: no cover - a tokenizer contract break
-            raise ModelError(f"{self.variant.name} returned {rate} Hz audio, expected {self.sample_rate}")
-        return [np.asarray(w, dtype=np.float32).reshape(-1) for w in wavs]
-
-
 class ModelCache:
     """Per-worker cache of loaded models: at most `max_loaded_models`, least recently used evicted first."""
 
@@ -199,7 +121,7 @@ class ModelCache:
         # Builds the qwen_tts model from its files; tests wrap it to inject load failures.
         self._load_tts = load or _load_qwen_tts
         self._lock = threading.Lock()
-        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._models: OrderedDict[str, QwenSpeech] = OrderedDict()
         self._loads: Counter[str] = Counter()  # loads per model since the worker started
         self._runtime: Runtime | None = None
 
@@ -223,7 +145,7 @@ class ModelCache:
         with self._lock:
             return dict(self._loads)
 
-    def get(self, name: str) -> LoadedModel:
+    def get(self, name: str) -> QwenSpeech:
         with self._lock:
             model = self._models.get(name)
             if model is not None:
@@ -247,7 +169,7 @@ class ModelCache:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _load(self, variant: ModelVariant) -> LoadedModel:
+    def _load(self, variant: ModelVariant) -> QwenSpeech:
         path = find_model_path(variant, self.settings)
         if path is None and self.settings.auto_download:
             log.info("downloading %s from the Hugging Face hub", variant.repo_id)
@@ -295,8 +217,35 @@ class ModelCache:
                 f"model {variant.name} could not be loaded ({type(exc).__name__}); its files may be incomplete. "
                 f"Download it again: {download_hint(variant, self.settings)}"
             ) from None
-        log.info("loaded %s in %.1fs", variant.name, time.perf_counter() - started)
-        return LoadedModel(variant, tts, runtime)
+        model = make_engine(self.settings, variant, tts, runtime)
+        log.info("loaded %s (%s engine) in %.1fs", variant.name, model.engine, time.perf_counter() - started)
+        return model
+
+
+def make_engine(settings: Settings, variant: ModelVariant, tts: Any, runtime: Runtime) -> QwenSpeech:
+    """The configured engine on a loaded qwen_tts model; `fast` falls back to `reference` where it can't run."""
+    from audio.engine.reference import ReferenceEngine
+
+    if settings.engine == "reference":
+        return ReferenceEngine(variant, tts, runtime)
+    from audio.engine.fast import FastEngine
+    from audio.engine.prompts import PINNED_QWEN_TTS
+
+    installed = versions()["qwen-tts"]
+    if installed != PINNED_QWEN_TTS:
+        log.warning(
+            "the fast engine is written against qwen-tts %s, found %s: using the reference engine",
+            PINNED_QWEN_TTS,
+            installed,
+        )
+        return ReferenceEngine(variant, tts, runtime)
+    graphs = settings.cuda_graphs == "auto" and runtime.device.startswith("cuda")
+    # The longest audio a chunk's budget allows (CJK text weighs up to 2 per character): what CUDA graphs' static
+    # cache is sized for; longer calls run eagerly.
+    longest_s = settings.max_s_per_char * 2 * settings.chunk_max_chars + settings.duration_slack_s
+    return FastEngine(
+        variant, tts, runtime, cuda_graphs=graphs, max_batch=settings.max_batch, graph_longest_s=longest_s
+    )
 
 
 def _load_qwen_tts(path: Path, tokenizer: Path, runtime: Runtime, *, scratch: Path | None = None) -> Any:

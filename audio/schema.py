@@ -30,8 +30,10 @@ from audio.delivery import MODES as DELIVERY_MODES
 from audio.encoders import FORMATS as OUTPUT_FORMATS
 from audio.errors import InputError
 from audio.spoken import is_speakable
+from audio.voice_store import is_voice_id
 
 INFO_ACTIONS = ("health", "voices", "languages", "models")
+VOICE_ACTIONS = ("create_voice", "list_voices", "get_voice", "delete_voice")
 
 
 class _Strict(BaseModel):
@@ -112,6 +114,39 @@ class SynthesisJob(VoiceFields):
         return mode
 
 
+class CreateVoiceJob(_Strict):
+    """`create_voice`: from a reference clip (`ref_audio`) or designed from a description (`instruct`)."""
+
+    action: Literal["create_voice"]
+    name: str
+    ref_audio: str | None = None
+    ref_text: str | None = None
+    x_vector_only: bool = False
+    language: str | None = None
+    model: str | None = None  # a Base model to build the prompt for now (else on first use)
+    instruct: str | None = None
+    sample_text: str | None = Field(default=None, max_length=500)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    params: Params | None = None  # sampling for the designed sample
+
+
+class VoiceIdJob(_Strict):
+    action: Literal["get_voice", "delete_voice"]
+    voice_id: str
+
+
+class ListVoicesJob(_Strict):
+    action: Literal["list_voices"]
+
+
+def parse_voice_action(payload: dict) -> CreateVoiceJob | VoiceIdJob | ListVoicesJob:
+    model = {"create_voice": CreateVoiceJob, "list_voices": ListVoicesJob}.get(payload.get("action"), VoiceIdJob)
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise InputError(f"{payload.get('action')}: {_describe(exc)}") from None
+
+
 @dataclass(frozen=True)
 class SegmentPlan:
     """One piece of text with everything needed to speak it."""
@@ -125,6 +160,7 @@ class SegmentPlan:
     ref_text: str | None = None
     x_vector_only: bool = False
     pause_ms: int = 300  # silence before this segment (ignored for the first)
+    saved_voice: str | None = None  # a saved voice's voice_id (Base models); its reference is on the volume
 
 
 @dataclass(frozen=True)
@@ -172,6 +208,10 @@ def parse_job(payload: Any) -> SynthesisJob:
 
 def _pick(*values):
     return next((v for v in values if v is not None), None)
+
+
+def resolve_job_language(raw: str | None) -> str:
+    return _language(raw)
 
 
 def _language(raw: str | None) -> str:
@@ -224,6 +264,17 @@ def _segment(
         "ref_text": (own.ref_text, job.ref_text),
     }
     values = {name: _pick(mine, inherited) for name, (mine, inherited) in fields.items()}
+    saved_voice = _saved_voice(where, own, job)
+    if saved_voice is not None:
+        # A saved voice is a clone reference: it runs on the Base model of the requested size.
+        if variant.kind != BASE:
+            variant = MODELS[f"{variant.size}-Base"]
+            prefix = f"{where}model {variant.name}"
+        fields["voice"] = fields["ref_audio"] = fields["ref_text"] = (None, None)
+        values["voice"] = values["ref_audio"] = values["ref_text"] = None
+        if fields["instruct"][0] is not None:
+            raise InputError(f"{where}a saved voice (voice {saved_voice}) does not take instruct")
+        fields["instruct"] = (None, None)
     for name in _UNUSED[variant.kind]:
         if fields[name][0] is not None:
             raise InputError(f"{prefix} {_UNUSED_MESSAGES[variant.kind, name]}")
@@ -255,7 +306,7 @@ def _segment(
     elif variant.kind == VOICE_DESIGN:
         if not instruct or not instruct.strip():
             raise InputError(f"{prefix} needs instruct: a description of the voice, e.g. 'a calm, low male voice'")
-    elif variant.kind == BASE:
+    elif variant.kind == BASE and saved_voice is None:
         if not ref_audio:
             raise InputError(f"{prefix} needs ref_audio (base64, a data: URI or an http(s) URL) to clone")
         if not x_vector_only and not (ref_text and ref_text.strip()):
@@ -270,7 +321,21 @@ def _segment(
         ref_text=ref_text if not x_vector_only else None,
         x_vector_only=x_vector_only,
         pause_ms=_pick(own.pause_ms, job.pause_ms, 300),
+        saved_voice=saved_voice,
     )
+
+
+def _saved_voice(where: str, own: VoiceFields, job: SynthesisJob) -> str | None:
+    """The voice_id a segment speaks with, if any: the nearest level that names a voice source decides."""
+    for level in (own, job):
+        saved = level.voice if is_voice_id(level.voice) else None
+        if saved is not None and level.ref_audio is not None:
+            raise InputError(f"{where}give a saved voice (voice {saved}) or ref_audio, not both")
+        if saved is not None:
+            return saved
+        if level.ref_audio is not None or level.voice is not None:
+            return None
+    return None
 
 
 def plan_job(job: SynthesisJob, *, default_model: str, max_chars: int) -> JobPlan:

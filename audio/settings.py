@@ -9,8 +9,10 @@ from pathlib import Path
 
 from audio.catalog import DEFAULT_MODEL, find_model
 from audio.delivery import S3Config
+from audio.speech import DEFAULT_ENGINE, ENGINES
 
 DEFAULT_MODEL_DIR = "/runpod-volume/models"
+DEFAULT_VOICE_DIR = "/runpod-volume/voices"
 RUNPOD_HF_CACHE = "/runpod-volume/huggingface-cache/hub"
 
 
@@ -51,6 +53,15 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ValueError(f"{name} must be true or false, got {raw!r}")
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 def _model_name(raw: str, variable: str) -> str:
     variant = find_model(raw)
     if variant is None:
@@ -76,6 +87,8 @@ class Settings:
     default_model: str = DEFAULT_MODEL
     device: str = "auto"  # auto | cuda | cuda:N | cpu
     dtype: str = "auto"  # auto | bfloat16 | float16 | float32
+    engine: str = DEFAULT_ENGINE  # fast (our decode loop) | reference (qwen_tts's own generate)
+    cuda_graphs: str = "auto"  # auto (on with CUDA) | off
     max_loaded_models: int = 2
     auto_download: bool = False  # fetch a missing model from the Hugging Face hub into HF_HOME on first use
     preload: tuple[str, ...] = (DEFAULT_MODEL,)
@@ -95,6 +108,11 @@ class Settings:
     duration_slack_s: float = 2.0
     max_inline_bytes: int = 19_000_000
     s3: S3Config | None = None
+    allow_private_urls: bool = False  # ref_audio URLs to loopback/private/link-local addresses
+    voice_cache: int = 32  # clone prompts kept per worker
+    voice_dir: Path = Path(DEFAULT_VOICE_DIR)
+    max_saved_voices: int = 1000
+    voices_readonly: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -116,6 +134,8 @@ class Settings:
             default_model=default_model,
             device=(env.get("QWEN_TTS_DEVICE") or "auto").strip().lower(),
             dtype=(env.get("QWEN_TTS_DTYPE") or "auto").strip().lower(),
+            engine=_choice(env, "QWEN_TTS_ENGINE", DEFAULT_ENGINE, ENGINES),
+            cuda_graphs=_choice(env, "QWEN_TTS_CUDA_GRAPHS", "auto", ("auto", "off")),
             max_loaded_models=_int(env, "QWEN_TTS_MAX_LOADED_MODELS", 2, minimum=1),
             auto_download=_bool(env, "QWEN_TTS_AUTO_DOWNLOAD", False),
             preload=preload,
@@ -131,4 +151,9 @@ class Settings:
             max_s_per_char=_float(env, "QWEN_TTS_MAX_SECONDS_PER_CHAR", 0.25),
             max_inline_bytes=_int(env, "QWEN_TTS_MAX_INLINE_BYTES", 19_000_000, minimum=1),
             s3=S3Config.from_env(env),
+            allow_private_urls=_bool(env, "QWEN_TTS_ALLOW_PRIVATE_URLS", False),
+            voice_cache=_int(env, "QWEN_TTS_VOICE_CACHE", 32),
+            voice_dir=Path(env.get("QWEN_TTS_VOICE_DIR") or DEFAULT_VOICE_DIR),
+            max_saved_voices=_int(env, "QWEN_TTS_MAX_SAVED_VOICES", 1000),
+            voices_readonly=_bool(env, "QWEN_TTS_VOICES_READONLY", False),
         )

@@ -20,17 +20,36 @@ import soundfile as sf
 from audio import captions, catalog, encoders, joiner, postprocess
 from audio.delivery import Deliverer
 from audio.errors import InputError, ModelError
-from audio.generator import Generator, GeneratorConfig, SpeechModel, Synthesis
+from audio.generator import Generator, GeneratorConfig, Synthesis
 from audio.model_loader import ModelCache, find_model_path, versions
 from audio.openai_compat import is_openai_job, to_job_input
 from audio.quality import QualityLimits
-from audio.schema import INFO_ACTIONS, JobPlan, parse_job, plan_job
+from audio.reference import FetchPolicy, Reference, decode_audio, decode_reference, prepare, reference_bytes
+from audio.schema import (
+    INFO_ACTIONS,
+    VOICE_ACTIONS,
+    CreateVoiceJob,
+    JobPlan,
+    SegmentPlan,
+    VoiceIdJob,
+    parse_job,
+    parse_voice_action,
+    plan_job,
+    resolve_job_language,
+)
 from audio.settings import Settings
+from audio.speech import SpeechModel, Voice
+from audio.voice_cache import ClonePromptCache
+from audio.voice_store import VoiceStore, check_name
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
 TRUE_PEAK_DBTP = -1.0  # the ceiling under a loudness target (EBU R128 / streaming practice)
+DESIGN_MODEL = "1.7B-VoiceDesign"
+BASE_MODELS = ("1.7B-Base", "0.6B-Base")
+# What a designed voice says in its saved sample (then its clone transcript) unless sample_text is given.
+DESIGN_SAMPLE_TEXT = "Hello! This is my voice. I read stories, news and notes in a clear, natural way."
 
 
 def generator_config(settings: Settings) -> GeneratorConfig:
@@ -68,14 +87,48 @@ class Worker:
         *,
         models: ModelCache | None = None,
         get_model: Callable[[str], SpeechModel] | None = None,
+        fetch_policy: FetchPolicy | None = None,
     ):
         self.settings = settings
         self.models = models or ModelCache(settings)
+        # Tests inject a resolver/connector here to reach a loopback server under a "public" name.
+        self.fetch_policy = fetch_policy or FetchPolicy(allow_private=settings.allow_private_urls)
+        self.voices = VoiceStore(
+            settings.voice_dir, max_voices=settings.max_saved_voices, readonly=settings.voices_readonly
+        )
+        self.prompts = ClonePromptCache(settings.voice_cache, saved=self.voices)
         # Tests may wrap the real models (failure injection, call counting); production uses the cache.
-        self.generator = Generator(get_model or self.models.get, generator_config(settings))
+        self.generator = Generator(
+            get_model or self.models.get,
+            generator_config(settings),
+            reference_for=self._reference_for,
+            prompts=self.prompts,
+        )
         self.deliverer = Deliverer(settings.s3, settings.max_inline_bytes)
         self.started_at = time.time()
         self.startup_error: str | None = None  # why preload failed; then no job is synthesized
+
+    def _reference_for(self, segment: SegmentPlan, sample_rate: int) -> Reference:
+        if segment.saved_voice is not None:
+            return self.voices.reference(segment.saved_voice, sample_rate)
+        return decode_reference(segment.ref_audio, sample_rate, self.fetch_policy)
+
+    def _with_saved_voices(self, plan: JobPlan) -> JobPlan:
+        """Each saved voice's transcript, mode and language filled in from the volume (checked before any GPU
+        work: a missing or corrupt voice fails the job naming it)."""
+        segments = []
+        for seg in plan.segments:
+            if seg.saved_voice is not None:
+                saved = self.voices.get(seg.saved_voice)
+                x_vector_only = seg.x_vector_only or saved.x_vector_only
+                seg = dataclasses.replace(
+                    seg,
+                    ref_text=None if x_vector_only else saved.ref_text,
+                    x_vector_only=x_vector_only,
+                    language=saved.language if seg.language == "Auto" else seg.language,
+                )
+            segments.append(seg)
+        return dataclasses.replace(plan, segments=segments)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def preload(self) -> None:
@@ -99,6 +152,8 @@ class Worker:
     # -- jobs -----------------------------------------------------------------------------------------------
     def handle(self, job_input: Any, job_id: str, on_progress: ProgressFn | None = None) -> dict[str, Any]:
         action = job_input.get("action", "synthesize") if isinstance(job_input, dict) else "synthesize"
+        if action in VOICE_ACTIONS:
+            return self.voice_action(job_input)
         if action != "synthesize":
             extra = set(job_input) - {"action"}
             if extra and action in INFO_ACTIONS:
@@ -112,7 +167,7 @@ class Worker:
         plan = plan_job(
             parse_job(job_input), default_model=self.settings.default_model, max_chars=self.settings.max_chars
         )
-        return self.synthesize(dataclasses.replace(plan, speed=speed), job_id, on_progress)
+        return self.synthesize(self._with_saved_voices(dataclasses.replace(plan, speed=speed)), job_id, on_progress)
 
     def synthesize(self, plan: JobPlan, job_id: str, on_progress: ProgressFn | None = None) -> dict[str, Any]:
         # Fail before generating what can't be encoded, stretched or delivered: that would waste the GPU work.
@@ -152,8 +207,11 @@ class Worker:
         ]
         if plan.speed != 1.0:
             metadata["speed"] = plan.speed
-        if plan.warnings:
-            metadata["warnings"] = plan.warnings
+        if synthesis.voice_cache is not None:
+            metadata["voice_cache"] = synthesis.voice_cache
+        warnings = plan.warnings + synthesis.warnings
+        if warnings:
+            metadata["warnings"] = warnings
         log.info(
             "job %s: %d segment(s), %d chunk(s), %.1fs audio in %.1fs (%d retries)",
             job_id,
@@ -278,6 +336,7 @@ class Worker:
                 "device": runtime.device,
                 "dtype": runtime.dtype,
                 "attention": runtime.attention,
+                "engine": self.settings.engine,
                 "loaded_models": self.models.loaded(),
                 "model_loads": self.models.loads(),
                 "default_model": self.settings.default_model,
@@ -315,4 +374,106 @@ class Worker:
                 ],
                 "default": self.settings.default_model,
             }
-        raise InputError(f"unknown action {action!r}: use synthesize, {', '.join(INFO_ACTIONS)}")
+        raise InputError(f"unknown action {action!r}: use synthesize, {', '.join(INFO_ACTIONS + VOICE_ACTIONS)}")
+
+    # -- saved voices -------------------------------------------------------------------------------------------
+    def voice_action(self, job_input: dict[str, Any]) -> dict[str, Any]:
+        request = parse_voice_action(job_input)
+        if isinstance(request, CreateVoiceJob):
+            return self.create_voice(request)
+        if isinstance(request, VoiceIdJob):
+            voice = self.voices.delete(request.voice_id) if request.action == "delete_voice" else None
+            if voice is not None:
+                return {"deleted": True, "voice_id": voice.voice_id, "name": voice.name}
+            voice = self.voices.get(request.voice_id)
+            return voice.public(self.voices.prompt_models(voice.voice_id))
+        return {"voices": [v.public(self.voices.prompt_models(v.voice_id)) for v in self.voices.list()]}
+
+    def create_voice(self, request: CreateVoiceJob) -> dict[str, Any]:
+        check_name(request.name)
+        self.voices.check_writable()  # before fetching or generating anything
+        language = resolve_job_language(request.language)
+        build_for = None
+        if request.model is not None:
+            variant = catalog.find_model(request.model)
+            if variant is None or variant.kind != catalog.BASE:
+                raise InputError(f"create_voice model must be a Base model ({', '.join(BASE_MODELS)})")
+            build_for = variant.name
+        if (request.ref_audio is None) == (request.instruct is None):
+            raise InputError("create_voice needs one of ref_audio (a clip to clone) or instruct (a description)")
+        warnings: list[str] = []
+        if request.ref_audio is not None:
+            if request.sample_text is not None or request.params is not None:
+                raise InputError("sample_text and params are for designed voices (instruct); a clip has ref_text")
+            if not request.x_vector_only and not (request.ref_text and request.ref_text.strip()):
+                raise InputError(
+                    "create_voice needs ref_text (the transcript of ref_audio) unless x_vector_only is true"
+                )
+            data = reference_bytes(request.ref_audio, self.fetch_policy)
+            # Stored at a Base model's rate; another Base model resamples it to its own on use.
+            rate = self._reference_rate(build_for)
+            reference = prepare(decode_audio(data, rate), rate)
+            warnings.extend(reference.warnings)
+            source, ref_text, instruct = "reference", request.ref_text, None
+        else:
+            if request.ref_text is not None or request.x_vector_only:
+                raise InputError("a designed voice (instruct) takes sample_text, not ref_text/x_vector_only")
+            reference, ref_text = self._design_reference(request, language)
+            source, instruct = "design", request.instruct
+        voice = self.voices.create(
+            request.name,
+            reference,
+            source=source,
+            ref_text=ref_text,
+            x_vector_only=request.x_vector_only,
+            language=language,
+            instruct=instruct,
+        )
+        if build_for is not None:
+            model = self.generator.get_model(build_for)
+            ref = self.voices.reference(voice.voice_id, model.sample_rate)
+            clone = Voice(
+                ref_audio=(ref.samples, ref.sample_rate),
+                ref_text=voice.ref_text,
+                x_vector_only=voice.x_vector_only,
+                ref_key=ref.key,
+                saved_voice=voice.voice_id,
+            )
+            self.prompts.get(build_for, model, clone)
+        out = voice.public(self.voices.prompt_models(voice.voice_id))
+        if warnings:
+            out["warnings"] = warnings
+        return out
+
+    def _reference_rate(self, model_name: str | None) -> int:
+        """A Base model's rate: the one named, else a loaded one, else the first present (loading it)."""
+        if model_name is None:
+            loaded = [n for n in self.models.loaded() if n in BASE_MODELS]
+            present = [n for n in BASE_MODELS if find_model_path(catalog.MODELS[n], self.settings) is not None]
+            model_name = (loaded or present or [None])[0]
+        if model_name is None:
+            raise ModelError(self._no_base_message())
+        return self.generator.get_model(model_name).sample_rate
+
+    def _no_base_message(self) -> str:
+        return (
+            "saved voices are clone references and need a Base model (1.7B-Base or 0.6B-Base) on this worker; "
+            f"none is present in {self.settings.model_dir}. Download one: python scripts/download_models.py 0.6B-Base"
+        )
+
+    def _design_reference(self, request: CreateVoiceJob, language: str) -> tuple[Reference, str]:
+        """Qwen's design-then-clone recipe: the VoiceDesign model speaks a sample in the described voice, which
+        becomes the saved voice's clone reference with its text as the transcript."""
+        if not any(find_model_path(catalog.MODELS[n], self.settings) is not None for n in BASE_MODELS):
+            raise ModelError(self._no_base_message())
+        text = (request.sample_text or DESIGN_SAMPLE_TEXT).strip()
+        job = {"model": DESIGN_MODEL, "text": text, "instruct": request.instruct, "language": language}
+        if request.seed is not None:
+            job["seed"] = request.seed
+        if request.params is not None:
+            job["params"] = request.params.model_dump(exclude_none=True)
+        synthesis = self.generator.run(
+            plan_job(parse_job(job), default_model=DESIGN_MODEL, max_chars=self.settings.max_chars)
+        )
+        samples = joiner.join(synthesis.chunks, [0] * len(synthesis.chunks), synthesis.crossfade)
+        return prepare(samples, synthesis.sample_rate), text

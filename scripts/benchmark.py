@@ -108,14 +108,18 @@ class TimedModel:
         self.prompt_seconds += seconds
         return prompt
 
-    def generate(self, texts: Sequence[str], **kwargs: Any) -> list[np.ndarray]:
+    @property
+    def capabilities(self) -> Any:
+        return self.model.capabilities
+
+    def generate(self, requests: Sequence[Any], **kwargs: Any) -> list[np.ndarray]:
         started = time.perf_counter()
-        wavs = self.model.generate(texts, **kwargs)
+        wavs = self.model.generate(requests, **kwargs)
         seconds = time.perf_counter() - started
         frames = [-(-len(w) // self.frame_samples) for w in wavs]
-        self.calls.append(Call(len(texts), seconds, frames, kwargs["max_new_tokens"]))
+        self.calls.append(Call(len(requests), seconds, frames, max(r.budget_frames for r in requests) + 1))
         if self.keep_audio:
-            self.outputs.append((list(texts), wavs))
+            self.outputs.append(([r.text for r in requests], wavs))
         return wavs
 
     @property

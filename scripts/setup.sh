@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a Python environment for the worker: `scripts/setup.sh [--dev] [VENV_DIR]`.
-# Installs ffmpeg/sox when apt is available and they are missing, the pinned requirements, and qwen-tts
-# from them without its dependency list (see requirements.txt for why). Idempotent.
+# Installs ffmpeg/sox/espeak-ng (espeak-ng speaks the tests' reference clips) when apt is available and they are
+# missing, the pinned requirements, and qwen-tts from them without its dependency list (see requirements.txt for
+# why). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,9 +10,9 @@ dev=0
 if [[ "${1:-}" == "--dev" ]]; then dev=1; shift; fi
 venv="${1:-.venv}"
 
-if command -v apt-get >/dev/null 2>&1 && { ! command -v ffmpeg >/dev/null || ! command -v sox >/dev/null; }; then
+if command -v apt-get >/dev/null 2>&1 && { ! command -v ffmpeg >/dev/null || ! command -v sox >/dev/null || ! command -v espeak-ng >/dev/null; }; then
   sudo_cmd=""; [[ $(id -u) -ne 0 ]] && sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq ffmpeg sox >/dev/null
+  $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq ffmpeg sox espeak-ng >/dev/null
 fi
 
 python3 -m venv "$venv"

@@ -14,6 +14,7 @@ import base64
 import json
 import os
 import sys
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,13 +22,16 @@ sys.path.insert(0, str(ROOT))
 
 from audio.catalog import MODELS, find_model  # noqa: E402
 from audio.model_loader import find_model_path  # noqa: E402
-from audio.settings import Settings  # noqa: E402
+from audio.settings import DEFAULT_MODEL_DIR, Settings  # noqa: E402
 
 TINY_DIR = ROOT / ".cache" / "tiny-models"
+# Random weights never end on their own: cap every chunk below its text-derived budget (>= 25 frames).
+TINY_MAX_NEW_TOKENS = 20
 
 
-def real_weights(model: str, env: dict[str, str]) -> Path | None:
-    """The real model's directory: already present, or downloaded now; None when neither works."""
+def real_weights(model: str, env: Mapping[str, str], download: Callable[..., object] | None = None) -> Path | None:
+    """The real model's directory: already present, or downloaded now (with `download`, default the Hugging
+    Face hub's snapshot_download); None when neither works."""
     settings = Settings.from_env(env)
     variant = MODELS[model]
     found = find_model_path(variant, settings)
@@ -37,11 +41,38 @@ def real_weights(model: str, env: dict[str, str]) -> Path | None:
 
     print(f"downloading {variant.repo_id} to {settings.model_dir} ...", file=sys.stderr)
     try:
-        download_models([model], settings.model_dir)
+        log = lambda message: print(message, file=sys.stderr)  # noqa: E731 - stdout carries the result
+        download_models([model], settings.model_dir, *([download] if download else []), log=log)
     except DownloadError as exc:
         print(f"download failed: {exc}", file=sys.stderr)
         return None
     return settings.model_dir if find_model_path(variant, settings) else None
+
+
+def model_dir_for(
+    models: Iterable[str],
+    env: Mapping[str, str],
+    *,
+    tiny: bool = False,
+    download: Callable[..., object] | None = None,
+) -> tuple[Path, bool]:
+    """(directory to load `models` from, whether it is the tiny checkpoint): the real weights when every model
+    is present or can be downloaded, else, said loudly on stderr, the tiny random checkpoint."""
+    models = list(dict.fromkeys(models))
+    missing = models if tiny else [m for m in models if real_weights(m, env, download) is None]
+    if not missing:
+        return Settings.from_env(env).model_dir, False
+    from scripts.build_tiny_checkpoint import build
+
+    banner = "!" * 100
+    print(
+        f"{banner}\n!! REAL WEIGHTS UNAVAILABLE: using the TINY RANDOM checkpoint. "
+        "The output is NOISE, not speech.\n"
+        f"!! Put the real model in {env.get('QWEN_TTS_MODEL_DIR') or DEFAULT_MODEL_DIR} "
+        f"(python scripts/download_models.py {' '.join(missing)}) for real audio.\n{banner}",
+        file=sys.stderr,
+    )
+    return build(TINY_DIR), True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,9 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     variant = find_model(args.model)
     if variant is None:
         parser.error(f"unknown model {args.model!r}; choose from {', '.join(MODELS)}")
-    env = dict(os.environ)
-    env.setdefault("QWEN_TTS_MODEL_DIR", str(ROOT / "models"))
-    model_dir = None if args.tiny else real_weights(variant.name, env)
     job: dict = {"text": args.text, "model": variant.name, "language": args.language}
     if variant.kind == "custom_voice":
         job["voice"] = args.voice
@@ -68,20 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         job["instruct"] = "A clear, friendly narrator."
     else:
         parser.error("Base (clone) models need reference audio: use the worker's job input for those")
-    if model_dir is None:
-        from scripts.build_tiny_checkpoint import build
-
-        banner = "!" * 100
-        print(
-            f"{banner}\n!! REAL WEIGHTS UNAVAILABLE: using the TINY RANDOM checkpoint. "
-            "The output is NOISE, not speech.\n"
-            f"!! Put the real model in {env['QWEN_TTS_MODEL_DIR']} (python scripts/download_models.py "
-            f"{variant.name}) for real audio.\n{banner}",
-            file=sys.stderr,
-        )
-        model_dir = build(TINY_DIR)
-        # Random weights never end on their own: cap every chunk below its text-derived budget (>= 25 frames).
-        job["params"] = {"max_new_tokens": 20}
+    env = dict(os.environ)
+    env.setdefault("QWEN_TTS_MODEL_DIR", str(ROOT / "models"))
+    model_dir, tiny = model_dir_for([variant.name], env, tiny=args.tiny)
+    if tiny:
+        job["params"] = {"max_new_tokens": TINY_MAX_NEW_TOKENS}
     env.update(QWEN_TTS_MODEL_DIR=str(model_dir), QWEN_TTS_PRELOAD="none", QWEN_TTS_DEFAULT_MODEL=variant.name)
     job["output_format"] = args.format or (args.out.suffix.lstrip(".").lower() or "wav").replace("ogg", "opus")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -25,6 +27,21 @@ CACHE = Path(os.environ.get("QWEN_TTS_TEST_CACHE", ROOT / ".cache"))
 def tiny_model_dir() -> Path:
     """All five variants, EOS dead: every generation is exactly max_new_tokens - 1 frames long."""
     return build(CACHE / "tiny-models", seed=0)
+
+
+SPEECH_TEXT = "The quick brown fox jumps over the lazy dog. Then it runs back home across the field."
+
+
+@pytest.fixture(scope="session")
+def speech_wav(tmp_path_factory) -> bytes:
+    """A few seconds of real speech (espeak-ng, installed by scripts/setup.sh) as WAV bytes: clone references
+    for happy paths are speech, never noise. Its transcript is SPEECH_TEXT."""
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        pytest.skip("espeak-ng is not installed (scripts/setup.sh installs it): no reference speech clip")
+    path = tmp_path_factory.mktemp("speech") / "speech.wav"
+    subprocess.run([espeak, "-v", "en-us", "-s", "150", "-w", str(path), SPEECH_TEXT], check=True, timeout=60)
+    return path.read_bytes()
 
 
 @pytest.fixture(scope="session")

@@ -69,9 +69,14 @@ class FaultyModel:
     def clone_prompt(self, voice):
         return self.real.clone_prompt(voice)
 
-    def generate(self, texts, **kwargs):
-        self.calls.append(list(texts))
-        wavs = self.real.generate(texts, **kwargs)
+    @property
+    def capabilities(self):
+        return self.real.capabilities
+
+    def generate(self, requests, **kwargs):
+        texts = [r.text for r in requests]
+        self.calls.append(texts)
+        wavs = self.real.generate(requests, **kwargs)
         for i, text in enumerate(texts):
             for marker, fault in self.faults.items():
                 if marker in text and fault[1] > 0:
@@ -79,7 +84,7 @@ class FaultyModel:
                     if fault[0] == "silence":
                         wavs[i] = np.zeros_like(wavs[i])
                     elif fault[0] == "runaway":  # the whole budget, no end of speech
-                        n = (kwargs["max_new_tokens"] - 1) * self.frame_samples
+                        n = requests[i].budget_frames * self.frame_samples
                         wavs[i] = np.random.default_rng(0).uniform(-0.3, 0.3, n).astype(np.float32)
                     elif fault[0] == "nan":
                         wavs[i] = np.full_like(wavs[i], np.nan)

@@ -223,7 +223,8 @@ def wav_server(tmp_path):
     server.shutdown()
 
 
-def test_reference_audio_by_url_clones_like_the_same_bytes_inline(worker, wav_server):
+def test_reference_audio_by_url_clones_like_the_same_bytes_inline(make_worker, wav_server):
+    worker = make_worker({"QWEN_TTS_ALLOW_PRIVATE_URLS": "true"})  # the test server is on loopback
     root, url = wav_server
     (root / "ref.wav").write_bytes(base64.b64decode(REF))
     job = {
@@ -237,13 +238,14 @@ def test_reference_audio_by_url_clones_like_the_same_bytes_inline(worker, wav_se
     inline = run(worker, {**job, "ref_audio": REF})
     assert by_url["audio_base64"] == inline["audio_base64"]
     missing = run(worker, {**job, "ref_audio": f"{url}/nope.wav"})
-    assert missing["error"] == {"code": "invalid_input", "message": "ref_audio URL could not be fetched (HTTPError)"}
+    assert missing["error"] == {"code": "invalid_input", "message": f"ref_audio URL {url}/nope.wav answered HTTP 404"}
 
 
 def test_unknown_action_lists_the_actions(worker):
     assert run(worker, {"action": "dance"})["error"] == {
         "code": "invalid_input",
-        "message": "unknown action 'dance': use synthesize, health, voices, languages, models",
+        "message": "unknown action 'dance': use synthesize, health, voices, languages, models, create_voice, "
+        "list_voices, get_voice, delete_voice",
     }
 
 
@@ -270,3 +272,43 @@ def test_openai_voice_names_get_no_dialect_warning(name):
     job, _ = to_job_input({"openai_input": {"input": "Hi.", "voice": name}}, "1.7B-CustomVoice")
     plan = plan_job(parse_job(job), default_model="1.7B-CustomVoice", max_chars=100)
     assert (plan.segments[0].speaker, plan.warnings) == ({"fable": "Aiden", "verse": "Ryan"}[name], [])
+
+
+def test_a_loopback_reference_url_is_refused_by_default_and_the_server_gets_nothing(worker, tmp_path):
+    import http.server
+    import threading
+
+    requests = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/ref.wav?token=SECRET"
+        result = run(worker, {"text": "Hi.", "model": "0.6B-Base", "ref_audio": url, "x_vector_only": True})
+    finally:
+        server.shutdown()
+    assert result["error"]["code"] == "invalid_input"
+    assert "resolves to 127.0.0.1 (loopback address)" in result["error"]["message"]
+    assert "SECRET" not in result["error"]["message"]
+    assert requests == []
+
+
+def test_a_long_reference_is_cut_and_the_job_says_so(worker, speech_wav):
+    samples, rate = sf.read(io.BytesIO(speech_wav), dtype="float32")
+    pause = np.zeros(int(0.6 * rate), dtype=np.float32)
+    long = np.concatenate([np.concatenate([samples, pause]) for _ in range(6)])  # ~30 s
+    buf = io.BytesIO()
+    sf.write(buf, long, rate, format="WAV")
+    job = {"text": "Hi.", "model": "0.6B-Base", "x_vector_only": True, "params": {"max_new_tokens": 3}}
+    result = run(worker, {**job, "ref_audio": base64.b64encode(buf.getvalue()).decode()})
+    (warning,) = result["metadata"]["warnings"]
+    assert warning.startswith("ref_audio is ") and "were used, cut at a pause" in warning

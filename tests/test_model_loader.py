@@ -11,7 +11,6 @@ from audio.catalog import MODELS, TOKENIZER_DIR_NAME
 from audio.errors import ModelError
 from audio.model_loader import (
     ModelCache,
-    Voice,
     _load_qwen_tts,
     choose_attention,
     find_model_path,
@@ -19,6 +18,7 @@ from audio.model_loader import (
     pick_runtime,
 )
 from audio.settings import Settings
+from audio.speech import ChunkRequest, Voice
 
 CV = MODELS["0.6B-CustomVoice"]
 
@@ -61,7 +61,7 @@ def test_sibling_tokenizer_is_used_without_writing_to_the_volume(tiny_model_dir,
     assert find_tokenizer_path(model, settings) == volume / TOKENIZER_DIR_NAME
 
     loaded = ModelCache(settings).get(CV.name)
-    wavs = loaded.generate(["Hi."], language="Auto", voice=Voice(speaker="Ryan"), seed=1, max_new_tokens=3, params={})
+    wavs = loaded.generate([ChunkRequest("Hi.", 2, seed=1)], language="Auto", voice=Voice(speaker="Ryan"), params={})
     assert [len(w) for w in wavs] == [2 * loaded.frame_samples]
     assert sorted(p.relative_to(volume) for p in volume.rglob("*")) == before
 
@@ -215,7 +215,7 @@ def test_sibling_tokenizer_view_is_removed_after_loading(tiny_model_dir, tmp_pat
     loaded = ModelCache(settings_for(tmp_path), load=load).get(CV.name)
     assert views == [CV.dir_name]
     assert list(scratch.iterdir()) == []  # the symlink view is gone
-    wavs = loaded.generate(["Hi."], language="Auto", voice=Voice(speaker="Ryan"), seed=1, max_new_tokens=3, params={})
+    wavs = loaded.generate([ChunkRequest("Hi.", 2, seed=1)], language="Auto", voice=Voice(speaker="Ryan"), params={})
     assert [len(w) for w in wavs] == [2 * loaded.frame_samples]
 
 

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -214,3 +215,36 @@ def test_progress_is_posted_to_runpod_after_each_batch(tiny_model_dir):
         expected.append(f"{chunks}/{chunks} chunks")
     assert sorted(progress) == sorted(expected)
     assert {path for path, _ in posts} == {"/job-done/job-7&isStream=false"}  # the SDK appends the flag
+
+
+# -- scripts/local_runpod_test.py --url against this real local API --------------------------------------------
+
+
+def test_local_runpod_test_url_sends_the_same_job(local_api, tmp_path, capsys):
+    """A payload (the tiny model's frame cap) combined with --segments and --format, over HTTP."""
+    from scripts import local_runpod_test as cli
+
+    payload = tmp_path / "cap.json"
+    payload.write_text(json.dumps({"input": {"params": {"max_new_tokens": 5}, "seed": 5}}))
+    out = tmp_path / "pod.mp3"
+    argv = ["--url", local_api, "--payload", str(payload), "--segments", "--format", "mp3", "--save", str(out)]
+    assert cli.main(argv, env={}) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    metadata = json.JSONDecoder().raw_decode(printed[printed.index("{") :])[0]
+    n = len(cli.SAMPLE_SEGMENTS)
+    want_s = (n * 4 * 1920 + (n - 1) * 7200) / 24000  # 4 frames a chunk, 300 ms pauses
+    assert (metadata["num_segments"], metadata["format"], metadata["model"]) == (n, "mp3", "0.6B-CustomVoice")
+    assert metadata["duration_seconds"] == pytest.approx(want_s)
+    info = sf.info(io.BytesIO(out.read_bytes()))
+    assert (info.format, info.samplerate) == ("MP3", 24000)
+    assert info.frames / 24000 == pytest.approx(want_s, abs=1920 / 24000)
+
+
+def test_local_runpod_test_url_failed_job_exits_1_with_the_code(local_api, tmp_path, capsys):
+    from scripts import local_runpod_test as cli
+
+    argv = ["--url", local_api, "--text", "Hi.", "--voice", "nobody", "--save", str(tmp_path / "x.wav")]
+    assert cli.main(argv, env={}) == 1
+    err = capsys.readouterr().err
+    assert re.match(r"error: job \S+ FAILED: invalid_input: unknown voice 'nobody'", err)
+    assert not (tmp_path / "x.wav").exists()

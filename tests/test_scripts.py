@@ -6,16 +6,13 @@ No test here reaches the network: downloads are fakes or forced offline, and HTT
 
 from __future__ import annotations
 
-import base64
 import importlib.util
 import json
 import os
 import re
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +24,6 @@ from audio.errors import InputError
 from audio.schema import INFO_ACTIONS, parse_job, plan_job
 from audio.settings import DEFAULT_MODEL_DIR, Settings
 from scripts import download_models as dm
-from scripts import local_runpod_test as client
 
 ROOT = Path(__file__).resolve().parents[1]
 HUB = json.loads((ROOT / ".runpod" / "hub.json").read_text())
@@ -149,19 +145,121 @@ def _runpod_logger() -> Path:
     return Path(spec.origin).parent / "serverless" / "modules" / "rp_logger.py"
 
 
-SOURCES_READING = {
-    "QWEN_TTS_": [ROOT / "audio" / "settings.py", ROOT / "handler.py"],
-    "BUCKET_": [ROOT / "audio" / "delivery.py"],
-    "S3_": [ROOT / "audio" / "delivery.py"],
-    "RUNPOD_": [_runpod_logger()],
+class RecordingEnv(Mapping[str, str]):
+    """An environment that records every variable it is asked for."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self.values = dict(values)
+        self.asked: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        self.asked.add(key)
+        return self.values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        raise AssertionError("Settings.from_env must ask for its variables by name, not iterate the environment")
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+HUB_DEFAULTS = {key: str(entry["default"]) for key, entry in HUB_ENV.items() if "default" in entry}
+
+
+def variables_settings_reads() -> set[str]:
+    """Every variable Settings.from_env (S3Config.from_env included) asks for. Some are asked for only when others
+    are set (S3's key prefix and URL lifetime, once S3 is configured): recorded over several environments."""
+    asked: set[str] = set()
+    for values in ({}, S3_CONFIGURED, HUB_DEFAULTS, {**HUB_DEFAULTS, **S3_CONFIGURED}):
+        env = RecordingEnv(values)
+        Settings.from_env(env)
+        asked |= env.asked
+    return asked
+
+
+SETTINGS_READS = variables_settings_reads()
+
+# Older names the worker still reads; the Hub form offers the current name, whose description names the old one.
+ALIASES = {
+    "S3_ENDPOINT": "BUCKET_ENDPOINT_URL",
+    "S3_ACCESS_KEY": "BUCKET_ACCESS_KEY_ID",
+    "S3_SECRET_KEY": "BUCKET_SECRET_ACCESS_KEY",
+    "BUCKET_NAME": "S3_BUCKET",
 }
 
 
+# Hub variables read by something other than Settings.from_env, and the file that reads each.
+READ_ELSEWHERE = {
+    "QWEN_TTS_LOG_LEVEL": ROOT / "handler.py",  # configure_logging
+    "RUNPOD_LOG_LEVEL": _runpod_logger(),
+}
+
+
+def test_every_variable_settings_reads_is_in_hub_json():
+    missing = sorted(SETTINGS_READS - set(HUB_ENV) - set(ALIASES))
+    assert not missing, (
+        f"Settings.from_env reads {', '.join(missing)}, missing from .runpod/hub.json config.env: add an entry "
+        "for each (key; input: name, type, description, default = the worker's default; advanced if it is one), "
+        "and a row in README's Configuration table"
+    )
+
+
+def test_every_hub_variable_is_read_by_the_worker():
+    unread = sorted(set(HUB_ENV) - SETTINGS_READS - set(READ_ELSEWHERE))
+    assert not unread, (
+        f".runpod/hub.json config.env has {', '.join(unread)}, which Settings.from_env never reads: read it in "
+        "audio/settings.py, list it in READ_ELSEWHERE (tests/test_scripts.py) with the file that reads it, "
+        "or remove the entry"
+    )
+
+
+@pytest.mark.parametrize("key", list(READ_ELSEWHERE))
+def test_variables_read_elsewhere_are_read_there(key):
+    assert f'"{key}"' in READ_ELSEWHERE[key].read_text(), f"{key} is not read in {READ_ELSEWHERE[key]}"
+
+
+@pytest.mark.parametrize("alias, name", list(ALIASES.items()))
+def test_older_names_mean_the_same_and_are_documented(alias, name):
+    assert alias in SETTINGS_READS, f"{alias} is no longer read: drop it from ALIASES and from {name}'s description"
+    value = S3_CONFIGURED.get(name, "other-bucket")
+    base = {k: v for k, v in S3_CONFIGURED.items() if k != name}
+    assert Settings.from_env({**base, alias: value}) == Settings.from_env({**base, name: value})
+    assert f"Older name: {alias}." in HUB_ENV[name]["description"]
+
+
+def test_the_recording_sees_conditional_reads():
+    assert {"S3_KEY_PREFIX", "S3_URL_EXPIRY_SECONDS", "HF_HOME", "QWEN_TTS_MAX_INLINE_BYTES"} <= SETTINGS_READS
+
+
 @pytest.mark.parametrize("key", list(HUB_ENV))
-def test_hub_variables_are_read_by_the_worker(key):
-    prefix = next(p for p in SOURCES_READING if key.startswith(p))
-    sources = SOURCES_READING[prefix]
-    assert any(f'"{key}"' in path.read_text() for path in sources), f"{key} is read by none of {sources}"
+def test_hub_variables_are_documented(key):
+    entry = HUB_ENV[key]
+    assert entry["name"].strip() and len(entry["description"]) >= 20
+    assert entry["type"] in ("string", "number", "boolean")
+
+
+PRESETS = {preset["name"]: preset["defaults"] for preset in HUB["config"]["presets"]}
+
+
+def preset_env(defaults: Mapping[str, object]) -> dict[str, str]:
+    return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in defaults.items()}
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_set_hub_variables_to_valid_values(name):
+    defaults = PRESETS[name]
+    assert set(defaults) <= set(HUB_ENV)
+    for key, value in defaults.items():
+        if "options" in HUB_ENV[key]:
+            assert value in [option["value"] for option in HUB_ENV[key]["options"]]
+    settings = Settings.from_env(preset_env(defaults))
+    assert settings.preload == (settings.default_model,)  # warm before the first job
+    assert settings.auto_download  # a one-click deployment without the weights on a volume still starts
+
+
+def test_presets_are_quality_low_cost_and_clone():
+    models = [Settings.from_env(preset_env(d)).default_model for d in PRESETS.values()]
+    assert models == ["1.7B-CustomVoice", "0.6B-CustomVoice", "1.7B-Base"]
 
 
 def _cuda(version: str) -> tuple[int, int]:
@@ -179,6 +277,14 @@ def test_allowed_cuda_versions_fit_the_image(config):
 
 
 # -- Dockerfile -----------------------------------------------------------------------------------------------
+
+
+def test_root_dockerfile_is_dockerfile_serverless():
+    """The RunPod Hub builds `Dockerfile`; the documented builds use `-f Dockerfile.serverless`: one content."""
+    root = (ROOT / "Dockerfile").read_bytes()
+    assert root == (ROOT / "Dockerfile.serverless").read_bytes(), (
+        "Dockerfile and Dockerfile.serverless differ: they must be identical (edit one, then copy it over the other)"
+    )
 
 
 def test_dockerfile_copies_files_that_exist():
@@ -352,196 +458,7 @@ def test_cli_with_the_real_hub_client_offline(tmp_path):
     assert result.stderr.startswith("error: could not download Qwen/Qwen3-TTS-12Hz-0.6B-Base")
 
 
-# -- local_runpod_test ----------------------------------------------------------------------------------------
-
-WAV = b"RIFF\x24\x00\x00\x00WAVEfmt "
-METADATA = {"duration_seconds": 1.5, "sample_rate": 24000, "format": "wav", "model": "1.7B-CustomVoice"}
-
-
-class FakeWorker:
-    """A loopback HTTP server answering like RunPod's /runsync and /status; records every request."""
-
-    def __init__(self) -> None:
-        self.responses: dict[str, list[Any]] = {}  # path -> answers, the last one repeated
-        self.requests: list[dict[str, Any]] = []
-        worker = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                worker.requests.append(
-                    {
-                        "method": self.command,
-                        "path": self.path,
-                        "headers": dict(self.headers),
-                        "json": json.loads(body) if body else None,
-                    }
-                )
-                answers = worker.responses.get(self.path)
-                if not answers:
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                answer = answers.pop(0) if len(answers) > 1 else answers[0]
-                data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/octet-stream" if isinstance(answer, bytes) else "json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = _answer
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def answer(self, path: str, *answers: Any) -> None:
-        self.responses[path] = list(answers)
-
-
-@pytest.fixture
-def fake_worker() -> Iterator[FakeWorker]:
-    worker = FakeWorker()
-    thread = threading.Thread(target=worker.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield worker
-    worker.server.shutdown()
-    worker.server.server_close()
-
-
-def completed(output: dict[str, Any]) -> dict[str, Any]:
-    return {"id": "job-1", "status": "COMPLETED", "output": output}
-
-
-def test_completed_job_writes_the_decoded_audio(fake_worker, tmp_path, capsys):
-    fake_worker.answer("/runsync", completed({"audio_base64": base64.b64encode(WAV).decode(), "metadata": METADATA}))
-    out = tmp_path / "hello.wav"
-    code = client.main(["--url", fake_worker.url, "--input", '{"text": "Hi.", "voice": "Aiden"}', "--out", str(out)])
-    assert code == 0
-    assert out.read_bytes() == WAV
-    (request,) = fake_worker.requests
-    assert (request["method"], request["path"], request["json"]) == (
-        "POST",
-        "/runsync",
-        {"input": {"text": "Hi.", "voice": "Aiden"}},
-    )
-    printed = capsys.readouterr().out
-    assert "COMPLETED" in printed
-    assert '"duration_seconds": 1.5' in printed
-    assert f"wrote {len(WAV)} bytes to {out}" in printed
-
-
-def test_default_input_is_test_input_json_and_default_out_is_by_format(fake_worker, tmp_path, monkeypatch):
-    mp3 = b"ID3\x04\x00fake"
-    meta = {**METADATA, "format": "mp3"}
-    fake_worker.answer("/runsync", completed({"audio_base64": base64.b64encode(mp3).decode(), "metadata": meta}))
-    monkeypatch.chdir(tmp_path)
-    assert client.main(["--url", fake_worker.url + "/"]) == 0
-    assert fake_worker.requests[0]["json"] == TEST_INPUT
-    assert (tmp_path / "out.mp3").read_bytes() == mp3
-
-
-def test_input_file_with_an_input_wrapper(fake_worker, tmp_path):
-    job = tmp_path / "job.json"
-    job.write_text(json.dumps({"input": {"text": "From a file."}}))
-    fake_worker.answer("/runsync", completed({"audio_base64": base64.b64encode(WAV).decode(), "metadata": METADATA}))
-    assert client.main(["--url", fake_worker.url, "--input", f"@{job}", "--out", str(tmp_path / "o.wav")]) == 0
-    assert fake_worker.requests[0]["json"] == {"input": {"text": "From a file."}}
-
-
-@pytest.mark.parametrize(
-    "error",
-    [
-        pytest.param({"code": "invalid_input", "message": "unknown voice 'Bob'"}, id="error-object"),
-        pytest.param(json.dumps({"code": "invalid_input", "message": "unknown voice 'Bob'"}), id="error-as-json-text"),
-    ],
-)
-def test_failed_job_prints_code_and_message_and_exits_1(fake_worker, tmp_path, capsys, error):
-    fake_worker.answer("/runsync", {"id": "job-2", "status": "FAILED", "error": error})
-    out = tmp_path / "never.wav"
-    code = client.main(["--url", fake_worker.url, "--input", '{"text": "Hi.", "voice": "Bob"}', "--out", str(out)])
-    assert code == 1
-    assert capsys.readouterr().err == "error: job job-2 FAILED: invalid_input: unknown voice 'Bob'\n"
-    assert not out.exists()
-
-
-def test_running_job_is_polled_until_done(fake_worker, tmp_path, monkeypatch):
-    monkeypatch.setattr(client, "POLL_INTERVAL_S", 0.0)
-    fake_worker.answer("/runsync", {"id": "job-3", "status": "IN_QUEUE"})
-    fake_worker.answer(
-        "/status/job-3",
-        {"id": "job-3", "status": "IN_PROGRESS"},
-        completed({"audio_base64": base64.b64encode(WAV).decode(), "metadata": METADATA}),
-    )
-    out = tmp_path / "polled.wav"
-    assert client.main(["--url", fake_worker.url, "--out", str(out)]) == 0
-    assert out.read_bytes() == WAV
-    assert [r["path"] for r in fake_worker.requests] == ["/runsync", "/status/job-3", "/status/job-3"]
-
-
-def test_audio_url_is_downloaded(fake_worker, tmp_path):
-    output = {"audio_url": f"{fake_worker.url}/bucket/job-4.wav?X-Amz-Signature=abc", "metadata": METADATA}
-    fake_worker.answer("/runsync", completed(output))
-    fake_worker.answer("/bucket/job-4.wav?X-Amz-Signature=abc", WAV)
-    out = tmp_path / "from-s3.wav"
-    assert client.main(["--url", fake_worker.url, "--out", str(out)]) == 0
-    assert out.read_bytes() == WAV
-
-
-def test_info_action_prints_the_output_and_writes_nothing(fake_worker, tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    fake_worker.answer("/runsync", completed({"status": "ok", "loaded_models": ["1.7B-CustomVoice"]}))
-    assert client.main(["--url", fake_worker.url, "--input", '{"action": "health"}']) == 0
-    assert '"loaded_models"' in capsys.readouterr().out
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_unreachable_worker_is_one_line_and_exit_1(tmp_path, capsys):
-    with ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler) as server:
-        closed_port = server.server_address[1]  # bound, then closed: nothing listens there
-    code = client.main(["--url", f"http://127.0.0.1:{closed_port}", "--timeout", "5"])
-    err = capsys.readouterr().err
-    assert code == 1
-    assert err.startswith(f"error: request to http://127.0.0.1:{closed_port}/runsync failed: ConnectionError")
-    assert err.count("\n") == 1
-
-
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        pytest.param(["--input", "{not json"], "the input is not valid JSON", id="bad-json"),
-        pytest.param(["--input", "[1, 2]"], "the input must be a JSON object", id="not-an-object"),
-        pytest.param(["--input", "@/nonexistent/job.json"], "cannot read the input file", id="missing-file"),
-        pytest.param(["--endpoint-id", "abc123"], "needs an API key", id="endpoint-without-key"),
-    ],
-)
-def test_usage_errors_exit_2_before_any_request(capsys, argv, message):
-    assert client.main(["--url", "http://127.0.0.1:9", *argv], env={}) == 2
-    assert message in capsys.readouterr().err
-
-
-def test_deployed_endpoint_url_and_auth():
-    args = client.parse_args(["--endpoint-id", "abc123"])
-    url, headers, deployed = client.target(args, {"RUNPOD_API_KEY": "rp_key"})
-    assert (url, headers, deployed) == (
-        "https://api.runpod.ai/v2/abc123/runsync",
-        {"Authorization": "Bearer rp_key"},
-        True,
-    )
-    args = client.parse_args(["--endpoint-id", "abc123", "--api-key", "flag_key"])
-    assert client.target(args, {"RUNPOD_API_KEY": "rp_key"})[1] == {"Authorization": "Bearer flag_key"}
-
-
-@pytest.mark.parametrize(
-    "url",
-    ["http://localhost:8000", "http://localhost:8000/", "http://localhost:8000/runsync"],
-)
-def test_local_url_forms(url):
-    assert client.target(client.parse_args(["--url", url]), {}) == ("http://localhost:8000/runsync", {}, False)
+# -- speak ----------------------------------------------------------------------------------------------------
 
 
 def test_speak_writes_audio_and_says_loudly_when_it_is_the_tiny_model(tmp_path, tiny_model_dir):

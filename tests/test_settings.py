@@ -38,6 +38,30 @@ def test_defaults_from_an_empty_env():
     assert s.duration_slack_s == 2.0
     assert s.max_inline_bytes == 19_000_000
     assert s.s3 is None
+    assert s.allow_private_urls is False
+    assert s.voice_cache == 32
+    assert s.voice_dir == Path("/runpod-volume/voices")
+    assert s.max_saved_voices == 1000
+    assert s.voices_readonly is False
+
+
+def test_voice_settings_from_env():
+    s = Settings.from_env(
+        {
+            "QWEN_TTS_ALLOW_PRIVATE_URLS": "true",
+            "QWEN_TTS_VOICE_CACHE": "0",
+            "QWEN_TTS_VOICE_DIR": "/data/voices",
+            "QWEN_TTS_MAX_SAVED_VOICES": "5",
+            "QWEN_TTS_VOICES_READONLY": "yes",
+        }
+    )
+    assert (s.allow_private_urls, s.voice_cache, s.voice_dir, s.max_saved_voices, s.voices_readonly) == (
+        True,
+        0,
+        Path("/data/voices"),
+        5,
+        True,
+    )
 
 
 def test_empty_values_mean_defaults():

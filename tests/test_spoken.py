@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -71,12 +73,15 @@ class SpeaksAtLength:
         self.sample_rate, self.frame_samples = real.sample_rate, real.frame_samples
         self.budgets: list[int] = []
 
-    def generate(self, texts, **kwargs):
-        self.budgets.append(kwargs["max_new_tokens"])
-        wavs = self.real.generate(texts, **{**kwargs, "max_new_tokens": 2})
-        frames = min(round(self.seconds * FRAME_RATE), kwargs["max_new_tokens"] - 1)
-        noise = np.random.default_rng(1).uniform(-0.3, 0.3, frames * self.frame_samples).astype(np.float32)
-        return [noise for _ in wavs]
+    def generate(self, requests, **kwargs):
+        self.budgets.extend(r.budget_frames for r in requests)
+        wavs = self.real.generate([dataclasses.replace(r, budget_frames=1) for r in requests], **kwargs)
+        out = []
+        for r in requests:
+            frames = min(round(self.seconds * FRAME_RATE), r.budget_frames)
+            out.append(np.random.default_rng(1).uniform(-0.3, 0.3, frames * self.frame_samples).astype(np.float32))
+        assert len(out) == len(wavs)
+        return out
 
 
 def test_a_chunk_read_longer_than_written_passes_its_checks(make_worker, model_cache):
@@ -84,7 +89,7 @@ def test_a_chunk_read_longer_than_written_passes_its_checks(make_worker, model_c
     worker = make_worker(get_model=lambda name: model)
     result = make_handler(worker)({"id": "n", "input": {"text": "$1,234,567.89", "model": "0.6B-CustomVoice"}})
     assert result["metadata"]["retries"] == 0
-    assert model.budgets == [276]  # spoken weight 80: (0.25 * 80 + 2) s at 12.5 Hz, +1 token qwen_tts drops
+    assert model.budgets == [275]  # spoken weight 80: (0.25 * 80 + 2) s at 12.5 Hz
     assert result["metadata"]["duration_seconds"] == round(81 * FRAME / 24000, 3)  # all 6.5 s of it
 
 

@@ -180,9 +180,9 @@ def test_a_chunk_with_nothing_to_say_becomes_a_pause(make_worker, model_cache):
         class Counting:
             sample_rate, frame_samples = real.sample_rate, real.frame_samples
 
-            def generate(self, texts, **kwargs):
-                calls.append(list(texts))
-                return real.generate(texts, **kwargs)
+            def generate(self, requests, **kwargs):
+                calls.append([r.text for r in requests])
+                return real.generate(requests, **kwargs)
 
         return Counting()
 

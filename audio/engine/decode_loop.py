@@ -1,0 +1,383 @@
+"""The fast engine's decode loop: qwen_tts's talker and code predictor run as direct forwards over their weights.
+
+Per frame: the code predictor's 15 residual codebooks (one 2-position prefill + 14 single steps, each with its
+own per-group head and embedding, in a small cache of its own), the sum of the frame's 16 codebook embeddings
+plus the next trailing-text embedding, then one talker step (transformer + codec head) into a KV cache sized
+from the prompt and the batch's frame budget, and the next first-codebook token. No Hugging Face `generate`,
+no mask or rotary rebuilding per step: rotary tables are computed once with the modules' own rotary
+embeddings (qwen's 3-D rope with all three position rows equal, which is what its talker feeds), positions
+are each row's own (left padding shifts nothing), masks are views of one validity table.
+
+Rows finish at EOS or at their own frame budget; a finished row is dropped from every batch tensor at once,
+so it stops costing work. Sampling is `audio.engine.sampling`: per-row parameters and per-row uniforms.
+`FrameLoop.run` yields after every step, so frames can be decoded and streamed while the rest is generated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from audio.engine.sampling import RowSampling, Warp, apply_repetition_penalty, draw_uniforms, warp_and_sample
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Qwen3TTSRMSNorm, the same arithmetic: fp32 statistics, cast back, then the weight."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def _fuse(params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
+    """One tensor of `params` stacked on dim 0; the modules' parameters become views of it (same values, so
+    the reference path is unchanged), so the weights are held once."""
+    fused = torch.cat([p.detach() for p in params])
+    start = 0
+    for p in params:
+        p.data = fused[start : start + p.shape[0]]
+        start += p.shape[0]
+    return fused
+
+
+class Layer:
+    """One decoder layer's weights (talker and code predictor layers share a shape), with q/k/v and gate/up fused."""
+
+    def __init__(self, layer: Any, config: Any):
+        attn = layer.self_attn
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = attn.head_dim
+        self.scaling = attn.scaling
+        self.eps = config.rms_norm_eps
+        self.qkv = _fuse([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+        biases = [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]
+        self.qkv_bias = _fuse(biases) if biases[0] is not None else None
+        self.o = attn.o_proj.weight
+        self.o_bias = attn.o_proj.bias
+        self.q_norm = attn.q_norm.weight
+        self.k_norm = attn.k_norm.weight
+        self.ln1 = layer.input_layernorm.weight
+        self.ln2 = layer.post_attention_layernorm.weight
+        self.gate_up = _fuse([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight])
+        self.down = layer.mlp.down_proj.weight
+        self.act = layer.mlp.act_fn
+        self.gqa = self.heads != self.kv_heads
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: tuple[torch.Tensor, torch.Tensor],
+        slot: int | torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """`x` [B, T, H] at cache slots `slot..slot+T`; attends to slots `..slot+T` under `mask` (None: causal).
+        With a tensor `slot` (one position) it attends to the whole cache under `mask`."""
+        batch, length, _ = x.shape
+        h = rms_norm(x, self.ln1, self.eps)
+        qkv = F.linear(h, self.qkv, self.qkv_bias).view(batch, length, -1, self.head_dim)
+        q, k, v = qkv.split([self.heads, self.kv_heads, self.kv_heads], dim=2)
+        q = rotate(rms_norm(q, self.q_norm, self.eps).transpose(1, 2), cos, sin)
+        k = rotate(rms_norm(k, self.k_norm, self.eps).transpose(1, 2), cos, sin)
+        k_cache, v_cache = cache
+        if isinstance(slot, int):
+            end = slot + length
+            k_cache[:, :, slot:end] = k
+            v_cache[:, :, slot:end] = v.transpose(1, 2)
+            keys, values = k_cache[:, :, :end], v_cache[:, :, :end]
+        else:  # graph-friendly: the slot is a tensor, attention spans the whole cache under `mask`
+            k_cache.index_copy_(2, slot, k)
+            v_cache.index_copy_(2, slot, v.transpose(1, 2))
+            keys, values = k_cache, v_cache
+        out = F.scaled_dot_product_attention(
+            q,
+            keys,
+            values,
+            attn_mask=mask,
+            is_causal=mask is None and length > 1,
+            scale=self.scaling,
+            enable_gqa=self.gqa,
+        )
+        x = x + F.linear(out.transpose(1, 2).reshape(batch, length, -1), self.o, self.o_bias)
+        gate, up = F.linear(rms_norm(x, self.ln2, self.eps), self.gate_up).chunk(2, dim=-1)
+        return x + F.linear(self.act(gate) * up, self.down)
+
+
+def _new_cache(layers: Sequence[Layer], batch: int, length: int, like: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    shape = (batch, layers[0].kv_heads, length, layers[0].head_dim)
+    return [(like.new_zeros(shape), like.new_zeros(shape)) for _ in layers]
+
+
+@dataclass
+class RowPrompt:
+    """One row's talker prompt, as qwen_tts built it (unpadded)."""
+
+    embeds: torch.Tensor  # [T, H]
+    trailing: torch.Tensor  # [L, H]; past its end the loop feeds `FrameLoop.pad_embed`
+
+
+@dataclass
+class Step:
+    """What one step of `FrameLoop.run` produced: frame `index` of each row in `rows` (batch positions)."""
+
+    index: int
+    rows: list[int]
+    codes: torch.Tensor  # [len(rows), num_code_groups] int64
+
+
+class CodePredictor:
+    """The residual codebooks of one frame: 15 direct forwards of the code predictor."""
+
+    def __init__(self, talker: Any):
+        cp = talker.code_predictor
+        config = cp.config
+        self.groups = config.num_code_groups
+        self.layers = [Layer(layer, config) for layer in cp.model.layers]
+        self.eps = config.rms_norm_eps
+        self.norm = cp.model.norm.weight
+        self.heads = [head.weight for head in cp.lm_head]
+        self.embeddings = [emb.weight for emb in cp.model.codec_embedding]
+        self.projection = cp.small_to_mtp_projection
+        self.first_embedding = talker.model.codec_embedding.weight
+        positions = torch.arange(self.groups, device=self.norm.device).unsqueeze(0)
+        probe = torch.zeros(1, dtype=self.norm.dtype, device=self.norm.device)
+        cos, sin = cp.model.rotary_emb(probe, positions)  # [1, groups, D], the module's own arithmetic
+        self.cos, self.sin = cos.unsqueeze(1), sin.unsqueeze(1)
+
+    def __call__(
+        self, past_hidden: torch.Tensor, first: torch.Tensor, uniforms: torch.Tensor, warp: Warp
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residual codes [n, groups-1] for rows whose talker hidden is `past_hidden` [n, H] and first code
+        `first` [n]; also the sum of the frame's codebook embeddings [n, H] (the talker's next input)."""
+        n = past_hidden.shape[0]
+        first_embed = F.embedding(first, self.first_embedding)
+        embeds = [first_embed]
+        x = self.projection(torch.stack((past_hidden, first_embed), dim=1))
+        cache = _new_cache(self.layers, n, self.groups, x)
+        codes = []
+        slot = 0
+        for group in range(self.groups - 1):
+            length = x.shape[1]
+            cos, sin = self.cos[:, :, slot : slot + length], self.sin[:, :, slot : slot + length]
+            for layer, layer_cache in zip(self.layers, cache, strict=True):
+                x = layer(x, cos, sin, layer_cache, slot, None)
+            slot += length
+            hidden = rms_norm(x[:, -1], self.norm, self.eps)
+            logits = F.linear(hidden, self.heads[group]).float()
+            code = warp_and_sample(logits, warp, uniforms[:, group])
+            codes.append(code)
+            embed = F.embedding(code, self.embeddings[group])
+            embeds.append(embed)
+            x = self.projection(embed.unsqueeze(1))
+        return torch.stack(codes, dim=1), torch.stack(embeds, dim=1).sum(1)
+
+
+class FrameLoop:
+    """Generates codec frames for a batch of rows on one loaded talker. Holds weight views, no per-call state."""
+
+    def __init__(self, talker: Any, *, eos_token_id: int, suppress_tokens: Sequence[int], min_new_tokens: int):
+        config = talker.config
+        if getattr(config, "sliding_window", None) is not None:
+            raise ValueError("the fast engine does not implement sliding-window attention")
+        self.talker = talker
+        self.layers = [Layer(layer, config) for layer in talker.model.layers]
+        self.eps = config.rms_norm_eps
+        self.norm = talker.model.norm.weight
+        self.codec_head = talker.codec_head.weight
+        self.vocab = self.codec_head.shape[0]
+        self.groups = config.num_code_groups
+        self.eos = eos_token_id
+        self.min_new_tokens = min_new_tokens
+        self.device = self.codec_head.device
+        self.dtype = self.codec_head.dtype
+        suppress = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
+        suppress[list(suppress_tokens)] = True
+        self.suppress = suppress
+        self.suppress_eos = suppress.clone()
+        self.suppress_eos[eos_token_id] = True
+        self.code_predictor = CodePredictor(talker)
+        self.steps: EagerSteps = EagerSteps(self)  # audio.engine.graphs swaps in CUDA-graph replays
+        self._rope_len = 0
+        self._cos = self._sin = torch.empty(0)
+
+    def rope(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [length, D] for positions 0..length-1, grown on demand."""
+        if length > self._rope_len:
+            size = max(length, 2 * self._rope_len, 512)
+            positions = torch.arange(size, device=self.device).view(1, 1, -1).expand(3, 1, -1)
+            probe = torch.zeros(1, dtype=self.dtype, device=self.device)
+            cos, sin = self.talker.model.rotary_emb(probe, positions)  # [3, 1, size, D]
+            # With the three position rows equal, qwen's interleaved mrope selection returns row 0 unchanged.
+            self._cos, self._sin, self._rope_len = cos[0, 0], sin[0, 0], size
+        return self._cos[:length], self._sin[:length]
+
+    def head(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = rms_norm(hidden, self.norm, self.eps)
+        return hidden, F.linear(hidden, self.codec_head).float()
+
+    def _first_code(self, logits: torch.Tensor, step: int, live: _Rows, uniforms: torch.Tensor) -> torch.Tensor:
+        logits = apply_repetition_penalty(logits, live.seen, live.penalty)
+        logits = logits.masked_fill(self.suppress_eos if step < self.min_new_tokens else self.suppress, float("-inf"))
+        code = warp_and_sample(logits, live.warp, uniforms)
+        live.seen.scatter_(1, code.unsqueeze(1), True)
+        return code
+
+    @torch.inference_mode()
+    def run(
+        self,
+        prompts: Sequence[RowPrompt],
+        pad_embed: torch.Tensor,
+        budgets: Sequence[int],
+        sampling: Sequence[RowSampling],
+        seeds: Sequence[int],
+    ) -> Iterator[Step]:
+        """Frames for each row until its EOS or its budget; yields one `Step` per frame index. Closing the
+        iterator stops the generation (cancellation)."""
+        lengths = [p.embeds.shape[0] for p in prompts]
+        prompt_len, max_frames = max(lengths), max(budgets)
+        x, live = self._prefill_state(prompts, pad_embed, budgets, sampling, seeds, prompt_len + max_frames)
+        cos_table, sin_table = self.rope(prompt_len + max_frames)
+        cos = cos_table[live.positions[:, :prompt_len]].unsqueeze(1)
+        sin = sin_table[live.positions[:, :prompt_len]].unsqueeze(1)
+        causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=self.device).tril_()
+        eye = torch.eye(prompt_len, dtype=torch.bool, device=self.device)
+        # Padded queries attend to themselves only: their (unused) outputs stay finite, no NaN enters the cache.
+        mask = (live.valid[:, None, None, :prompt_len] & causal) | eye
+        for layer, layer_cache in zip(self.layers, live.cache, strict=True):
+            x = layer(x, cos, sin, layer_cache, 0, mask)
+        live.hidden, logits = self.head(x[:, -1])
+        live.first = self._first_code(logits, 0, live, live.uniforms[:, 0, 0])
+
+        for step in range(max_frames):
+            keep = (live.first != self.eos) & (live.budget > step)
+            if not bool(keep.all()):
+                if not bool(keep.any()):
+                    return
+                live = live.select(keep.nonzero().squeeze(1))
+            residual, frame_embed = self.steps.code_pass(live, step)
+            yield Step(step, live.rows.tolist(), torch.cat((live.first.unsqueeze(1), residual), dim=1))
+            if step + 1 == max_frames:
+                return
+            slot = prompt_len + step
+            x = (frame_embed + live.trailing[:, step]).unsqueeze(1)
+            cos = cos_table[live.positions[:, slot]].view(-1, 1, 1, cos_table.shape[-1])
+            sin = sin_table[live.positions[:, slot]].view(-1, 1, 1, sin_table.shape[-1])
+            live.hidden, logits = self.steps.talker_step(live, x, cos, sin, slot)
+            live.first = self._first_code(logits, step + 1, live, live.uniforms[:, step + 1, 0])
+
+    def _prefill_state(
+        self,
+        prompts: Sequence[RowPrompt],
+        pad_embed: torch.Tensor,
+        budgets: Sequence[int],
+        sampling: Sequence[RowSampling],
+        seeds: Sequence[int],
+        total: int,
+    ) -> tuple[torch.Tensor, _Rows]:
+        batch, device = len(prompts), self.device
+        lengths = [p.embeds.shape[0] for p in prompts]
+        prompt_len, max_frames = max(lengths), max(budgets)
+        hidden_size = pad_embed.shape[-1]
+        # Left-pad the prompts; each row keeps its own positions (padding shifts nothing).
+        x = torch.zeros(batch, prompt_len, hidden_size, dtype=self.dtype, device=device)
+        trailing = pad_embed.reshape(1, 1, hidden_size).expand(batch, max_frames, hidden_size).clone()
+        for i, p in enumerate(prompts):
+            x[i, prompt_len - lengths[i] :] = p.embeds
+            n = min(p.trailing.shape[0], max_frames)
+            trailing[i, :n] = p.trailing[:n]
+        pads = torch.tensor([prompt_len - n for n in lengths], device=device).unsqueeze(1)
+        slots = torch.arange(total, device=device).unsqueeze(0)
+        cp_vocab = self.code_predictor.heads[0].shape[0]
+        # Column 0 of a step's uniforms samples the first codebook, the others the residual codebooks.
+        drawn = draw_uniforms(seeds, [b + 1 for b in budgets], self.groups)
+        uniforms = torch.stack([F.pad(u, (0, 0, 0, max_frames + 1 - u.shape[0])) for u in drawn]).to(device)
+        rows = _Rows(
+            rows=torch.arange(batch, device=device),
+            budget=torch.tensor(list(budgets), device=device),
+            valid=slots >= pads,
+            positions=(slots - pads).clamp_(min=0),
+            trailing=trailing,
+            uniforms=uniforms,
+            seen=torch.zeros(batch, self.vocab, dtype=torch.bool, device=device),
+            penalty=torch.tensor([s.repetition_penalty for s in sampling], device=device).unsqueeze(1),
+            warp=Warp.build([(s.do_sample, s.temperature, s.top_k, s.top_p) for s in sampling], self.vocab, device),
+            sub_warp=Warp.build(
+                [(s.sub_do_sample, s.sub_temperature, s.sub_top_k, s.sub_top_p) for s in sampling], cp_vocab, device
+            ),
+            cache=self.steps.new_cache(batch, total, x),
+            select_cache=self.steps.select_cache,
+        )
+        return x, rows
+
+
+@dataclass
+class _Rows:
+    """The live rows' state, batch-first; `select` drops finished rows from all of it at once."""
+
+    rows: torch.Tensor  # each live row's position in the original batch
+    budget: torch.Tensor
+    valid: torch.Tensor  # [B, total] cache slots a row may attend to
+    positions: torch.Tensor  # [B, total] each slot's rope position for the row
+    trailing: torch.Tensor  # [B, frames, H]
+    uniforms: torch.Tensor  # [B, frames + 1, groups]
+    seen: torch.Tensor  # [B, vocab] first-codebook ids generated so far (repetition penalty)
+    penalty: torch.Tensor
+    warp: Warp
+    sub_warp: Warp
+    cache: list[tuple[torch.Tensor, torch.Tensor]]
+    select_cache: Callable[[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor], list[tuple[torch.Tensor, ...]]]
+    hidden: torch.Tensor | None = None  # [B, H] the talker's last (normed) hidden state
+    first: torch.Tensor | None = None  # [B] the last sampled first-codebook id
+
+    def select(self, keep: torch.Tensor) -> _Rows:
+        pick = lambda t: t[keep]  # noqa: E731
+        return _Rows(
+            rows=pick(self.rows),
+            budget=pick(self.budget),
+            valid=pick(self.valid),
+            positions=pick(self.positions),
+            trailing=pick(self.trailing),
+            uniforms=pick(self.uniforms),
+            seen=pick(self.seen),
+            penalty=pick(self.penalty),
+            warp=self.warp.select(keep),
+            sub_warp=self.sub_warp.select(keep),
+            cache=self.select_cache(self.cache, keep),
+            select_cache=self.select_cache,
+            hidden=pick(self.hidden),
+            first=pick(self.first),
+        )
+
+
+class EagerSteps:
+    """The loop's two per-frame computations and its cache handling, run eagerly."""
+
+    def __init__(self, loop: FrameLoop):
+        self.loop = loop
+
+    def new_cache(self, batch: int, total: int, like: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return _new_cache(self.loop.layers, batch, total, like)
+
+    def select_cache(self, cache: list[tuple[torch.Tensor, torch.Tensor]], keep: torch.Tensor) -> list[tuple]:
+        return [(k[keep], v[keep]) for k, v in cache]
+
+    def code_pass(self, live: _Rows, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.loop.code_predictor(live.hidden, live.first, live.uniforms[:, step, 1:], live.sub_warp)
+
+    def talker_step(
+        self, live: _Rows, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = live.valid[:, None, None, : slot + 1]
+        for layer, layer_cache in zip(self.loop.layers, live.cache, strict=True):
+            x = layer(x, cos, sin, layer_cache, slot, mask)
+        return self.loop.head(x[:, -1])

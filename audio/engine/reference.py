@@ -1,0 +1,58 @@
+"""The `reference` engine: qwen_tts's own `generate_*`, unchanged, for comparison, debugging and as a fallback.
+
+It seeds the process-global torch RNG per call (qwen_tts samples from it), so a chunk's sample depends on its
+batch, and calls must not run concurrently on one process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from audio.engine.base import QwenSpeech
+from audio.engine.prompts import call_generate
+from audio.errors import ModelError
+from audio.speech import ChunkRequest, Voice, tokens_for_frames
+
+
+def batch_seed(requests: Sequence[ChunkRequest]) -> int:
+    """One seed for a whole call, from its chunks' seeds (a retry's chunks have new seeds, so a new sample)."""
+    digest = hashlib.sha256(repr([r.seed for r in requests]).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+class ReferenceEngine(QwenSpeech):
+    engine = "reference"
+
+    def generate(
+        self,
+        requests: Sequence[ChunkRequest],
+        *,
+        language: str,
+        voice: Voice,
+        params: dict[str, Any],
+        clone_prompt: Any = None,
+    ) -> list[np.ndarray]:
+        import torch
+
+        seed = batch_seed(requests)
+        torch.manual_seed(seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(seed)
+        wavs, rate = call_generate(
+            self.tts,
+            self.variant,
+            [r.text for r in requests],
+            language=language,
+            voice=voice,
+            clone_prompt=clone_prompt,
+            # One budget per call: the longest chunk's. Shorter chunks may run past theirs (their check sees it).
+            max_new_tokens=tokens_for_frames(max(r.budget_frames for r in requests)),
+            **params,
+        )
+        if rate != self.sample_rate:  # pragma: no cover - a tokenizer contract break
+            raise ModelError(f"{self.variant.name} returned {rate} Hz audio, expected {self.sample_rate}")
+        return [np.asarray(w, dtype=np.float32).reshape(-1) for w in wavs]

@@ -1,0 +1,287 @@
+"""Saved voices on the network volume (QWEN_TTS_VOICE_DIR): a reference clip, its transcript and metadata,
+plus the clone prompts built from it per Base model (safetensors + JSON, never pickle).
+
+Layout, one directory per voice, written atomically (built under a temp name, then renamed), so workers
+sharing the volume never see half a voice:
+
+    <voice_dir>/<voice_id>/voice.json                      name, ref_text, x_vector_only, language, source, ...
+    <voice_dir>/<voice_id>/reference.wav                   the prepared reference (float32, its own rate)
+    <voice_dir>/<voice_id>/prompts/<model>.<icl|xvec>.safetensors + .json
+    <voice_dir>/.names/<sha256 of the folded name>         claim on a name: holds the voice_id
+
+Names are unique (case-insensitive): the claim file is created with O_EXCL, so of two concurrent creates of a
+name one wins and the other is refused. Ids are generated here and checked on every use (no path from input).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import time
+import unicodedata
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from audio import postprocess
+from audio.errors import InputError
+from audio.reference import Reference
+
+log = logging.getLogger(__name__)
+
+VOICE_ID = re.compile(r"v_[0-9a-f]{16}")
+MAX_NAME_CHARS = 100
+FORMAT_VERSION = 1
+_STALE_CLAIM_S = 300.0  # a name claim whose voice never appeared (a crashed create) is free again after this
+_PROMPT_NAME = re.compile(r"[0-9A-Za-z.-]+")
+
+
+def is_voice_id(value: str | None) -> bool:
+    return value is not None and VOICE_ID.fullmatch(value) is not None
+
+
+def check_name(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise InputError("name must be a string of 1-100 characters")
+    name = raw.strip()
+    if not 1 <= len(name) <= MAX_NAME_CHARS:
+        raise InputError(f"name must be 1-{MAX_NAME_CHARS} characters, got {len(name)}")
+    if "/" in name or "\\" in name:
+        raise InputError("name must not contain path separators (/ or \\)")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+        raise InputError("name must not contain control characters")
+    return name
+
+
+def check_voice_id(raw: Any) -> str:
+    if not isinstance(raw, str) or not is_voice_id(raw):
+        shown = repr(raw)[:40]
+        raise InputError(f"voice_id {shown} is not a saved voice's id (they look like v_0123456789abcdef)")
+    return raw
+
+
+@dataclass(frozen=True)
+class SavedVoice:
+    voice_id: str
+    name: str
+    source: str  # "reference" | "design"
+    ref_text: str | None
+    x_vector_only: bool
+    language: str
+    duration_seconds: float
+    sample_rate: int
+    created_at: float
+    instruct: str | None = None  # a designed voice's description
+
+    def public(self, prompt_models: list[str]) -> dict[str, Any]:
+        out = asdict(self)
+        out["prompts"] = prompt_models
+        return out
+
+
+class VoiceStore:
+    def __init__(self, root: Path, *, max_voices: int = 1000, readonly: bool = False):
+        self.root = Path(root)
+        self.max_voices = max_voices
+        self.readonly = readonly
+
+    # -- writing --------------------------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        if self.readonly:
+            raise InputError(
+                "saved voices on this endpoint are read-only (QWEN_TTS_VOICES_READONLY): an operator manages them"
+            )
+
+    def _ids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if is_voice_id(p.name) and p.is_dir())
+
+    def create(
+        self,
+        name: str,
+        reference: Reference,
+        *,
+        source: str,
+        ref_text: str | None,
+        x_vector_only: bool,
+        language: str,
+        instruct: str | None = None,
+    ) -> SavedVoice:
+        self.check_writable()
+        name = check_name(name)
+        if len(self._ids()) >= self.max_voices:
+            raise InputError(
+                f"this endpoint already has {self.max_voices} saved voices (QWEN_TTS_MAX_SAVED_VOICES); "
+                "delete some first"
+            )
+        voice = SavedVoice(
+            voice_id="v_" + secrets.token_hex(8),
+            name=name,
+            source=source,
+            ref_text=None if x_vector_only else ref_text,
+            x_vector_only=x_vector_only,
+            language=language,
+            duration_seconds=round(reference.duration_s, 3),
+            sample_rate=reference.sample_rate,
+            created_at=round(time.time(), 3),
+            instruct=instruct,
+        )
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = self.root / f".tmp-{voice.voice_id}"
+        staging.mkdir()
+        try:
+            sf.write(staging / "reference.wav", reference.samples, reference.sample_rate, subtype="FLOAT")
+            record = {"format_version": FORMAT_VERSION, **asdict(voice)}
+            (staging / "voice.json").write_text(json.dumps(record, ensure_ascii=False, indent=1))
+            (staging / "prompts").mkdir()
+            self._claim(name, voice.voice_id)
+            staging.rename(self.root / voice.voice_id)  # the voice appears whole, or not at all
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return voice
+
+    def _claim_path(self, name: str) -> Path:
+        return self.root / ".names" / hashlib.sha256(name.casefold().encode()).hexdigest()
+
+    def _claim(self, name: str, voice_id: str) -> None:
+        path = self._claim_path(name)
+        path.parent.mkdir(exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    holder = path.read_text().strip()
+                    age_s = time.time() - path.stat().st_mtime
+                except FileNotFoundError:
+                    continue  # deleted meanwhile: try again
+                if is_voice_id(holder) and (self.root / holder).is_dir():
+                    raise InputError(f"a voice named {name!r} already exists (voice_id {holder})") from None
+                if age_s < _STALE_CLAIM_S:
+                    raise InputError(f"a voice named {name!r} is being created by another request") from None
+                path.unlink(missing_ok=True)  # a crashed create's claim
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(voice_id)
+            return
+        raise InputError(f"a voice named {name!r} is being created by another request")
+
+    def delete(self, voice_id: str) -> SavedVoice:
+        self.check_writable()
+        voice = self.get(voice_id)
+        trash = self.root / f".trash-{voice_id}-{secrets.token_hex(4)}"
+        try:
+            (self.root / voice_id).rename(trash)  # gone for every reader at once
+        except FileNotFoundError:
+            raise InputError(f"voice {voice_id} does not exist (list_voices shows the saved ones)") from None
+        shutil.rmtree(trash, ignore_errors=True)
+        claim = self._claim_path(voice.name)
+        with contextlib.suppress(FileNotFoundError):
+            if claim.read_text().strip() == voice_id:
+                claim.unlink()
+        return voice
+
+    # -- reading --------------------------------------------------------------------------------------------
+    def get(self, voice_id: str) -> SavedVoice:
+        voice_id = check_voice_id(voice_id)
+        path = self.root / voice_id / "voice.json"
+        try:
+            record = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise InputError(f"voice {voice_id} does not exist (list_voices shows the saved ones)") from None
+        except (OSError, ValueError):
+            raise InputError(f"voice {voice_id} is corrupt on the volume; delete it and create it again") from None
+        try:
+            if record.pop("format_version") != FORMAT_VERSION:
+                raise ValueError("format")
+            voice = SavedVoice(**record)
+            if voice.voice_id != voice_id or check_name(voice.name) != voice.name:
+                raise ValueError("identity")
+        except (KeyError, TypeError, ValueError, InputError):
+            raise InputError(f"voice {voice_id} is corrupt on the volume; delete it and create it again") from None
+        return voice
+
+    def list(self) -> list[SavedVoice]:
+        voices = []
+        for voice_id in self._ids():
+            try:
+                voices.append(self.get(voice_id))
+            except InputError:
+                continue  # deleted while listing, or corrupt: get_voice names it
+        return sorted(voices, key=lambda v: (v.created_at, v.voice_id))
+
+    def reference(self, voice_id: str, sample_rate: int) -> Reference:
+        """The voice's reference at `sample_rate` (stored at the rate it was made at)."""
+        voice = self.get(voice_id)
+        try:
+            samples, rate = sf.read(self.root / voice_id / "reference.wav", dtype="float32")
+        except (sf.LibsndfileError, RuntimeError, OSError):
+            raise InputError(f"voice {voice_id} is corrupt on the volume; delete it and create it again") from None
+        if samples.ndim != 1 or len(samples) == 0 or rate != voice.sample_rate:
+            raise InputError(f"voice {voice_id} is corrupt on the volume; delete it and create it again")
+        samples = postprocess.resample(samples, rate, sample_rate)
+        digest = hashlib.sha256(samples.tobytes())
+        digest.update(str(sample_rate).encode())
+        return Reference(
+            samples=samples, sample_rate=sample_rate, key=digest.hexdigest(), source_duration_s=voice.duration_seconds
+        )
+
+    # -- prompts (the voice cache's second tier) -----------------------------------------------------------
+    def _prompt_base(self, voice_id: str, model_name: str, mode: str) -> Path:
+        check_voice_id(voice_id)
+        if not _PROMPT_NAME.fullmatch(model_name) or mode not in ("icl", "xvec"):
+            raise ValueError(f"bad prompt name {model_name!r}/{mode!r}")
+        return self.root / voice_id / "prompts" / f"{model_name}.{mode}"
+
+    def prompt_models(self, voice_id: str) -> list[str]:
+        folder = self.root / check_voice_id(voice_id) / "prompts"
+        if not folder.is_dir():
+            return []
+        return sorted(p.name.removesuffix(".json") for p in folder.glob("*.json") if not p.name.startswith("."))
+
+    def load_prompt(self, voice_id: str, model_name: str, mode: str, ref_key: str) -> tuple[dict, dict] | None:
+        from safetensors.numpy import load_file
+
+        base = self._prompt_base(voice_id, model_name, mode)
+        try:
+            meta = json.loads(Path(str(base) + ".json").read_text())
+            if meta.get("ref_key") != ref_key:
+                return None  # made from other audio: rebuilt
+            arrays = load_file(str(base) + ".safetensors")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            # A cache entry, not the voice: a damaged one is rebuilt and rewritten.
+            log.warning("prompt %s of voice %s unreadable (%s): rebuilding it", model_name, voice_id, exc)
+            return None
+        if "ref_spk_embedding" not in arrays:
+            return None
+        return arrays, meta["prompt"]
+
+    def save_prompt(self, voice_id: str, model_name: str, mode: str, ref_key: str, arrays: dict, meta: dict) -> None:
+        if self.readonly:
+            return  # an operator's voices: nothing is written, prompts are rebuilt per worker
+        from safetensors.numpy import save_file
+
+        base = self._prompt_base(voice_id, model_name, mode)
+        if not base.parent.is_dir():
+            return  # the voice was deleted meanwhile
+        token = secrets.token_hex(4)
+        tensors_tmp = base.parent / f".{base.name}.{token}.safetensors"
+        meta_tmp = base.parent / f".{base.name}.{token}.json"
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tensors_tmp))
+        meta_tmp.write_text(json.dumps({"ref_key": ref_key, "model": model_name, "prompt": meta}))
+        # tensors first, then the metadata that points readers at them: a reader sees both or no JSON
+        os.replace(tensors_tmp, str(base) + ".safetensors")
+        os.replace(meta_tmp, str(base) + ".json")

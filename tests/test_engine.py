@@ -302,7 +302,7 @@ def test_incremental_decode_of_a_cloned_voice_uses_the_reference_as_context(tiny
 
     settings = Settings.from_env({"QWEN_TTS_MODEL_DIR": str(tiny_model_dir), "QWEN_TTS_PRELOAD": "none"})
     model = ModelCache(settings).get("1.7B-Base")
-    ref = decode_reference(REF)
+    ref = decode_reference(REF, model.sample_rate)
     voice = Voice(ref_audio=(ref.samples, ref.sample_rate), ref_text="A reference sentence.", ref_key=ref.key)
     prompt = model.clone_prompt(voice)
     requests = [ChunkRequest("Cloned and streamed.", 30, seed=1)]

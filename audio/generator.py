@@ -9,6 +9,7 @@ reaches here; no sleeps, no silent drops: a chunk that still fails after its ret
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import secrets
 import time
@@ -19,12 +20,13 @@ from typing import Any
 import numpy as np
 
 from audio import joiner
-from audio.errors import SynthesisError
+from audio.errors import InputError, SynthesisError
 from audio.quality import QualityLimits, check_chunk, frame_budget
 from audio.reference import Reference, decode_reference
 from audio.schema import JobPlan, SegmentPlan
 from audio.speech import ChunkRequest, SpeechModel, Voice
-from audio.splitter import split_text, text_weight
+from audio.splitter import CLAUSE, FORCED, SENTENCE, split_chunks
+from audio.spoken import is_speakable, spoken_weight
 from audio.voice_cache import ClonePromptCache
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ class GeneratorConfig:
     chunk_max_chars: int = 250
     crossfade_ms: float = 40.0
     edge_pad_ms: float = 60.0
+    sentence_pause_ms: float = 300.0  # silence after a chunk that ends a sentence (between the edge pads)
+    clause_pause_ms: float = 120.0  # after a chunk cut at a clause break; a forced cut crossfades instead
     limits: QualityLimits = field(default_factory=QualityLimits)
 
 
@@ -46,8 +50,10 @@ class Chunk:
     index: int  # position in the job
     segment: int
     text: str
-    span: tuple[int, int]  # character range in its segment's text, for error messages
-    weight: float
+    span: tuple[int, int]  # character range in its segment's text, for error messages and the timeline
+    weight: float  # as read aloud (`spoken_weight`): sets the frame budget and the quality checks
+    boundary: str = SENTENCE  # why the chunk ends: the pause after it
+    speakable: bool = True  # False: nothing to say, never sent to a model; it becomes a pause
     audio: np.ndarray | None = None
 
 
@@ -63,15 +69,26 @@ class Synthesis:
     model_time_s: float
     warnings: list[str] = field(default_factory=list)  # e.g. a long reference cut
     voice_cache: str | None = None  # "hit" when no clone prompt was built, "miss" when one was; None: no clone
+    # Per segment, between its chunks j and j+1: ms of silence, or None for a crossfade (a forced cut).
+    gaps_ms: list[list[float | None]] | None = None
+    spans: list[list[tuple[int, int]]] | None = None  # per segment, each chunk's character range in its text
 
 
 def _chunks_for(segment_index: int, segment: SegmentPlan, config: GeneratorConfig, start: int) -> list[Chunk]:
     chunks = []
-    pos = 0
-    for text in split_text(segment.text, config.chunk_target_chars, config.chunk_max_chars):
-        begin = segment.text.index(text, pos)
-        pos = begin + len(text)
-        chunks.append(Chunk(start + len(chunks), segment_index, text, (begin, pos), text_weight(text)))
+    for piece in split_chunks(segment.text, config.chunk_target_chars, config.chunk_max_chars):
+        text = segment.text[piece.start : piece.end]
+        chunks.append(
+            Chunk(
+                start + len(chunks),
+                segment_index,
+                text,
+                (piece.start, piece.end),
+                spoken_weight(text),
+                boundary=piece.boundary,
+                speakable=is_speakable(text),
+            )
+        )
     return chunks
 
 
@@ -111,32 +128,62 @@ class Generator:
         for i, segment in enumerate(plan.segments):
             chunks.extend(_chunks_for(i, segment, self.config, len(chunks)))
 
-        voices, warnings = self._voices(plan)
-        work, cache_hits = self._batches_of(plan, chunks, voices)
-        done = 0
+        done = sum(not c.speakable for c in chunks)
         retries = 0
         model_time_s = 0.0
-        for batch_no, (model, voice, language, prompt, batch) in enumerate(work):
-            pending = batch
-            for attempt in range(self.config.max_retries + 1):
-                started = time.perf_counter()
-                failures = self._generate(model, voice, language, prompt, pending, plan, seed, attempt)
-                model_time_s += time.perf_counter() - started
-                if not failures:
-                    break
-                if attempt == self.config.max_retries:
-                    chunk, reason = failures[0]
-                    raise SynthesisError(self._failure_message(chunk, len(chunks), plan, reason, attempt + 1))
-                retries += len(failures)
-                log.warning("retrying %d chunk(s) of batch %d: %s", len(failures), batch_no, failures[0][1])
-                pending = [c for c, _ in failures]
-            done += len(batch)
-            if on_progress is not None:
-                on_progress(done, len(chunks))
+        batch_no = 0
+        sample_rate = None
+        warnings: list[str] = []
+        hits: list[bool] = []
+        references: dict[tuple, Reference] = {}
+        for model_name, groups in self._batches_of(plan, chunks):
+            # One model at a time, fetched when its work starts and dropped when it ends: under a cap of one
+            # loaded model the cache can free it before the next model loads.
+            model = self.get_model(model_name)
+            if sample_rate is None:
+                sample_rate = model.sample_rate
+            elif model.sample_rate != sample_rate:  # pragma: no cover - every 12Hz model decodes at one rate
+                raise SynthesisError(f"model {model_name} speaks at {model.sample_rate} Hz, not {sample_rate}")
+            voices = self._voices(plan, sorted({c.segment for g in groups for c in g}), model, references, warnings)
+            prompts: dict[tuple, Any] = {}  # a clone voice's prompt is fetched once per job, whatever the language
+            for members in groups:
+                voice = voices[members[0].segment]
+                language = plan.segments[members[0].segment].language
+                prompt = None
+                if voice.ref_audio is not None:
+                    if voice.key() not in prompts:
+                        prompts[voice.key()], hit = self.prompts.get(model_name, model, voice)
+                        hits.append(hit)
+                    prompt = prompts[voice.key()]
+                for batch in _batches(members, self.config.max_batch):
+                    pending = batch
+                    for attempt in range(self.config.max_retries + 1):
+                        started = time.perf_counter()
+                        failures = self._generate(model, voice, language, prompt, pending, plan, seed, attempt)
+                        model_time_s += time.perf_counter() - started
+                        if not failures:
+                            break
+                        if attempt == self.config.max_retries:
+                            chunk, reason = failures[0]
+                            raise SynthesisError(self._failure_message(chunk, len(chunks), plan, reason, attempt + 1))
+                        retries += len(failures)
+                        log.warning("retrying %d chunk(s) of batch %d: %s", len(failures), batch_no, failures[0][1])
+                        pending = [c for c, _ in failures]
+                    batch_no += 1
+                    done += len(batch)
+                    if on_progress is not None:
+                        on_progress(done, len(chunks))
+            del model, prompts, prompt
 
-        sample_rate = work[0][0].sample_rate
+        if sample_rate is None:  # plan_job refuses such a job; this guards direct callers
+            raise InputError("the text has nothing to speak")
+        for chunk in chunks:
+            if not chunk.speakable:  # "…", "—", an emoji: a pause as long as after a sentence
+                chunk.audio = np.zeros(round(sample_rate * self.config.sentence_pause_ms / 1000.0), np.float32)
         return Synthesis(
             chunks=self._trimmed(plan, chunks, sample_rate),
+            gaps_ms=self._gaps(plan, chunks),
+            spans=[[c.span for c in chunks if c.segment == i] for i in range(len(plan.segments))],
             pauses_ms=[seg.pause_ms for seg in plan.segments],
             crossfade=int(sample_rate * self.config.crossfade_ms / 1000.0),
             sample_rate=sample_rate,
@@ -144,57 +191,73 @@ class Generator:
             retries=retries,
             seed=seed,
             model_time_s=model_time_s,
-            warnings=warnings,
-            voice_cache=None if not cache_hits else ("hit" if all(cache_hits) else "miss"),
+            warnings=list(dict.fromkeys(warnings)),
+            voice_cache=None if not hits else ("hit" if all(hits) else "miss"),
         )
 
-    def _batches_of(self, plan: JobPlan, chunks: list[Chunk], voices: list[Voice]) -> tuple[list[tuple], list[bool]]:
-        """(model, voice, language, clone prompt, chunks) per generate call: chunks that share model, voice
-        and language are batched together, across segments too. Also whether each clone prompt was cached."""
-        groups: dict[tuple, list[Chunk]] = {}
-        for chunk in chunks:
-            seg = plan.segments[chunk.segment]
-            groups.setdefault((seg.model.name, voices[chunk.segment].key(), seg.language), []).append(chunk)
-        work = []
-        prompts: dict[tuple, Any] = {}  # a clone voice's prompt is fetched once per job, whatever the language
-        hits = []
-        for (model_name, voice_key, language), members in groups.items():
-            model = self.get_model(model_name)
-            voice = voices[members[0].segment]
-            prompt = None
-            if voice.ref_audio is not None:
-                if (model_name, voice_key) not in prompts:
-                    prompts[model_name, voice_key], hit = self.prompts.get(model_name, model, voice)
-                    hits.append(hit)
-                prompt = prompts[model_name, voice_key]
-            work.extend((model, voice, language, prompt, batch) for batch in _batches(members, self.config.max_batch))
-        return work, hits
+    def _batches_of(self, plan: JobPlan, chunks: list[Chunk]) -> list[tuple[str, list[list[Chunk]]]]:
+        """The job's work by model, in order of first use: per model, its chunks grouped by voice and language.
 
-    def _voices(self, plan: JobPlan) -> tuple[list[Voice], list[str]]:
-        references: dict[tuple, Reference] = {}
-        voices = []
-        warnings: list[str] = []
-        for seg in plan.segments:
+        Chunks that share model, voice and language are batched together, across segments too; a model's
+        groups all run before the next model's, so each model is needed for one stretch of the job only.
+        A chunk with nothing to say goes to no model."""
+        groups: dict[str, dict[tuple, list[Chunk]]] = {}
+        for chunk in chunks:
+            if not chunk.speakable:
+                continue
+            seg = plan.segments[chunk.segment]
+            # Segments with the same voice fields share a group (a reference is known by its source here).
+            key = (seg.speaker, seg.instruct, seg.ref_audio, seg.saved_voice, seg.ref_text, seg.x_vector_only)
+            groups.setdefault(seg.model.name, {}).setdefault((key, seg.language), []).append(chunk)
+        return [(name, list(by_voice.values())) for name, by_voice in groups.items()]
+
+    def warm_up(self, plan: JobPlan) -> int:
+        """One short generation of each segment's text, with no quality gate: a few frames of warm-up prove the
+        model loads and runs, not that they sound like speech. Returns the model's sample rate."""
+        sample_rate = 0
+        for i, segment in enumerate(plan.segments):
+            model = self.get_model(segment.model.name)
+            voice = self._voices(plan, [i], model, {}, [])[i]
+            prompt = model.clone_prompt(voice) if voice.ref_audio is not None else None
+            request = ChunkRequest(segment.text, plan.max_new_tokens or 3, plan.seed or 0)
+            wavs = model.generate(
+                [request], language=segment.language, voice=voice, params=plan.sampling, clone_prompt=prompt
+            )
+            if len(wavs) != 1:  # pragma: no cover - an engine contract break
+                raise SynthesisError(f"warm-up of {segment.model.name} returned {len(wavs)} outputs for 1 text")
+            sample_rate = model.sample_rate
+        return sample_rate
+
+    def _voices(
+        self,
+        plan: JobPlan,
+        segments: list[int],
+        model: SpeechModel,
+        references: dict[tuple, Reference],
+        warnings: list[str],
+    ) -> dict[int, Voice]:
+        """The voice of each of these segments, for `model`: references decoded at its rate, once per job."""
+        voices = {}
+        for i in segments:
+            seg = plan.segments[i]
             ref = None
             if seg.ref_audio is not None or seg.saved_voice is not None:
-                rate = self.get_model(seg.model.name).sample_rate
+                rate = model.sample_rate
                 source = (seg.ref_audio, seg.saved_voice, rate)
                 if source not in references:
                     references[source] = self.reference_for(seg, rate)
                     warnings.extend(references[source].warnings)
                 ref = references[source]
-            voices.append(
-                Voice(
-                    speaker=seg.speaker,
-                    instruct=seg.instruct,
-                    ref_audio=(ref.samples, ref.sample_rate) if ref else None,
-                    ref_text=seg.ref_text,
-                    x_vector_only=seg.x_vector_only,
-                    ref_key=ref.key if ref else None,
-                    saved_voice=seg.saved_voice,
-                )
+            voices[i] = Voice(
+                speaker=seg.speaker,
+                instruct=seg.instruct,
+                ref_audio=(ref.samples, ref.sample_rate) if ref else None,
+                ref_text=seg.ref_text,
+                x_vector_only=seg.x_vector_only,
+                ref_key=ref.key if ref else None,
+                saved_voice=seg.saved_voice,
             )
-        return voices, warnings
+        return voices
 
     def _generate(
         self,
@@ -235,6 +298,14 @@ class Generator:
             else:
                 failures.append((chunk, reason))
         return failures
+
+    def _gaps(self, plan: JobPlan, chunks: list[Chunk]) -> list[list[float | None]]:
+        pause = {SENTENCE: self.config.sentence_pause_ms, CLAUSE: self.config.clause_pause_ms, FORCED: None}
+        gaps: list[list[float | None]] = [[] for _ in plan.segments]
+        for chunk, after in itertools.pairwise(chunks):
+            if after.segment == chunk.segment:
+                gaps[chunk.segment].append(pause[chunk.boundary])
+        return gaps
 
     def _trimmed(self, plan: JobPlan, chunks: list[Chunk], sample_rate: int) -> list[list[np.ndarray]]:
         per_segment: list[list[np.ndarray]] = [[] for _ in plan.segments]

@@ -29,6 +29,7 @@ from audio.catalog import (
 from audio.delivery import MODES as DELIVERY_MODES
 from audio.encoders import FORMATS as OUTPUT_FORMATS
 from audio.errors import InputError
+from audio.spoken import is_speakable
 from audio.voice_store import is_voice_id
 
 INFO_ACTIONS = ("health", "voices", "languages", "models")
@@ -89,6 +90,7 @@ class SynthesisJob(VoiceFields):
     stream: bool | None = None
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
     params: Params | None = None
+    captions: Literal["srt", "vtt"] | None = None  # captions of the spoken text, returned beside the audio
 
     @field_validator("params")
     @classmethod
@@ -174,6 +176,7 @@ class JobPlan:
     max_new_tokens: int | None
     warnings: list[str] = field(default_factory=list)
     speed: float = 1.0  # tempo, pitch kept: only the OpenAI-shaped input sets it
+    captions: str | None = None  # "srt" | "vtt"
 
     @property
     def models(self) -> list[str]:
@@ -287,6 +290,13 @@ def _segment(
             names = ", ".join(s.name for s in SPEAKERS.values())
             aliases = ", ".join(VOICE_ALIASES)
             raise InputError(f"{where}unknown voice {voice!r}: use one of {names} (aliases: {aliases})")
+        dialect = SPEAKERS[speaker.lower()].dialect
+        if dialect and language == "Auto":
+            warnings.append(
+                f"voice {speaker} speaks the {dialect} dialect: with language Auto (or Chinese) qwen_tts uses "
+                f"{speaker}'s dialect for all text; set language for another language, or pick a voice without "
+                "a dialect for standard Mandarin"
+            )
         if instruct and not variant.honours_instruct:
             warnings.append(
                 f"model {variant.name} ignores instruct (only 1.7B-CustomVoice follows style instructions); "
@@ -343,6 +353,8 @@ def plan_job(job: SynthesisJob, *, default_model: str, max_chars: int) -> JobPla
         segments = [
             _segment(f"segments[{i}]: ", s.text, s, job, default_model, warnings) for i, s in enumerate(job.segments)
         ]
+    if not any(is_speakable(s.text) for s in segments):
+        raise InputError("the text has nothing to speak: it holds only punctuation, symbols, emoji or whitespace")
     if job.stream:
         warnings.append("stream is not supported yet: the whole result is returned at once")
     total = sum(len(s.text) for s in segments)
@@ -362,4 +374,5 @@ def plan_job(job: SynthesisJob, *, default_model: str, max_chars: int) -> JobPla
         sampling=job.params.sampling(),
         max_new_tokens=job.params.max_new_tokens,
         warnings=list(dict.fromkeys(warnings)),
+        captions=job.captions,
     )

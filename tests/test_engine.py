@@ -181,6 +181,24 @@ def test_greedy_fast_equals_reference_frames_and_bytes(dead_eos_pair, job):
     assert len(fast_codes) == fast["metadata"]["num_chunks"]
 
 
+LIVE_EOS_MODELS = ("1.7B-CustomVoice", "0.6B-CustomVoice")  # the variants the live-EOS build has
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "job", [p for p in EQUIVALENCE if p.values[0].get("model") in LIVE_EOS_MODELS], ids=lambda j: j.get("voice")
+)
+def test_greedy_fast_equals_reference_with_live_eos(live_eos_pair, job):
+    job = {**job, "seed": 3, "params": {**GREEDY, "max_new_tokens": 30}}
+    ref, ref_codes = live_eos_pair.run("reference", job)
+    fast, fast_codes = live_eos_pair.run("fast", job)
+    assert "error" not in ref, ref
+    assert all(map(np.array_equal, ref_codes, fast_codes)) and len(ref_codes) == len(fast_codes), _first_divergence(
+        ref_codes, fast_codes
+    )
+    assert fast["audio_base64"] == ref["audio_base64"]
+
+
 @pytest.mark.slow
 def test_greedy_rows_that_stop_at_different_frames_match_reference(live_eos_pair):
     text = " ".join(f"Sentence number {i} is here to be spoken." for i in range(8))
@@ -354,3 +372,17 @@ def test_health_and_capabilities_name_the_engine(make_worker, model_cache):
     assert make_worker().info("health")["engine"] == "fast"
     caps = model_cache.get("0.6B-CustomVoice").capabilities
     assert (caps.engine, caps.streams, caps.batch_independent, caps.honours_instruct) == ("fast", True, True, False)
+
+
+@pytest.mark.skipif(not ON_CUDA, reason="GPU memory is measured on a GPU (scripts/gpu_check.sh)")
+def test_gpu_memory_is_flat_over_many_generations(tiny_model_dir):
+    model = ModelCache(engine_settings(tiny_model_dir)).get("0.6B-CustomVoice")
+    voice = Voice(speaker="Ryan")
+    requests = [ChunkRequest(f"Memory row {i}.", 20 + i, seed=i) for i in range(4)]
+    model.generate(requests, language="Auto", voice=voice, params={})  # first call: tables, graphs, allocator
+    torch.cuda.synchronize()
+    after_first = torch.cuda.memory_allocated()
+    for i in range(10):
+        model.generate(requests[: 1 + i % 4], language="Auto", voice=voice, params={})
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == after_first

@@ -336,7 +336,7 @@ def test_graph_bodies_run_eagerly_equal_the_loop(live_eos_model_dir, batch):
     """The CUDA-graph path's static cache, tensor slots, masks and compaction, without capture (CPU)."""
     loop = ModelCache(engine_settings(live_eos_model_dir, QWEN_TTS_CUDA_GRAPHS="off")).get("0.6B-CustomVoice").loop
     static = GraphSteps(loop, max_batch=4, max_len=64)
-    static.replay = False
+    static.use_replay(False)
     want = _greedy_codes(loop, loop.steps, batch)
     assert _greedy_codes(loop, static, batch) == want
     enabled = GraphSteps.try_enable(loop, max_batch=4, max_len=64)
@@ -351,9 +351,7 @@ def test_cuda_graphs_replay_equals_eager_on_real_prompts(tiny_model_dir, batch):
     assert graphs.cuda_graphs
     requests = [ChunkRequest(f"Graph row {i} {'speaks ' * i}now.", 12 + 3 * i, seed=i) for i in range(batch)]
     replayed = _frames(graphs, requests)
-    graphs.loop.steps.replay = False  # the same static computation, eagerly
-    graphs.loop.steps._talker.clear()
-    graphs.loop.steps._predictor.clear()
+    graphs.loop.steps.use_replay(False)  # the same static computation, eagerly
     eager = _frames(graphs, requests)
     assert all(map(np.array_equal, replayed, eager))
 

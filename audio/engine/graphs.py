@@ -185,21 +185,26 @@ class GraphSteps(EagerSteps):
         if loop.device.type != "cuda":
             return None
         try:
-            eager = cls(loop, max_batch=max_batch, max_len=max_len)
-            eager.replay = False
-            graphs = cls(loop, max_batch=max_batch, max_len=max_len)
-            for batch in (1, min(3, max_batch)):
-                want = _greedy_codes(loop, eager, batch)
-                got = _greedy_codes(loop, graphs, batch)
-                if want != got:
+            steps = cls(loop, max_batch=max_batch, max_len=max_len)
+            batches = (1, min(3, max_batch))
+            steps.use_replay(False)
+            want = [_greedy_codes(loop, steps, batch) for batch in batches]
+            steps.use_replay(True)
+            for batch, codes in zip(batches, want, strict=True):
+                if _greedy_codes(loop, steps, batch) != codes:
                     log.warning("CUDA graphs disabled: replay differs from eager at batch %d; running eager", batch)
                     return None
-            del eager
         except Exception as exc:  # any capture failure means: run eager, and say why
             log.warning("CUDA graphs disabled (%s: %s); running eager", type(exc).__name__, exc)
             return None
-        log.info("CUDA graphs on: buckets up to %d rows, %d tokens", graphs.max_batch, max_len)
-        return graphs
+        log.info("CUDA graphs on: buckets up to %d rows, %d tokens", steps.max_batch, max_len)
+        return steps
+
+    def use_replay(self, replay: bool) -> None:
+        """Replay graphs (True), or run the same bodies eagerly (False: the check's baseline); drops captures."""
+        self.replay = replay
+        self._talker.clear()
+        self._predictor.clear()
 
 
 def _greedy_codes(loop: FrameLoop, steps: GraphSteps, batch: int) -> list[list[list[int]]]:

@@ -12,16 +12,17 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from audio import joiner
+from audio import joiner, postprocess
+from audio.catalog import VOICE_DESIGN
 from audio.errors import SynthesisError
 from audio.quality import QualityLimits, check_chunk, frame_budget
-from audio.reference import Reference, decode_reference
+from audio.reference import Reference, decode_reference, from_generated
 from audio.schema import JobPlan, SegmentPlan
 from audio.speech import ChunkRequest, SpeechModel, Voice
 from audio.splitter import split_text, text_weight
@@ -63,6 +64,11 @@ class Synthesis:
     model_time_s: float
     warnings: list[str] = field(default_factory=list)  # e.g. a long reference cut
     voice_cache: str | None = None  # "hit" when no clone prompt was built, "miss" when one was; None: no clone
+    models: list[str] = field(default_factory=list)  # the models that generated, a designed voice's clone too
+
+    def only_segment(self, index: int) -> Synthesis:
+        """Segment `index` alone, as if it were the whole job (one item of a `join: false` job)."""
+        return replace(self, chunks=[self.chunks[index]], pauses_ms=[0])
 
 
 def _chunks_for(segment_index: int, segment: SegmentPlan, config: GeneratorConfig, start: int) -> list[Chunk]:
@@ -112,7 +118,9 @@ class Generator:
             chunks.extend(_chunks_for(i, segment, self.config, len(chunks)))
 
         voices, warnings = self._voices(plan)
-        work, cache_hits = self._batches_of(plan, chunks, voices)
+        cache_hits: list[bool] = []
+        clones: dict[int, tuple[str, Voice]] = {}
+        work = self._work(plan, chunks, voices, cache_hits, clones, warnings)
         done = 0
         retries = 0
         model_time_s = 0.0
@@ -134,7 +142,7 @@ class Generator:
             if on_progress is not None:
                 on_progress(done, len(chunks))
 
-        sample_rate = work[0][0].sample_rate
+        sample_rate = model.sample_rate  # every model of a job speaks at one rate (the 12 Hz family's)
         return Synthesis(
             chunks=self._trimmed(plan, chunks, sample_rate),
             pauses_ms=[seg.pause_ms for seg in plan.segments],
@@ -146,21 +154,61 @@ class Generator:
             model_time_s=model_time_s,
             warnings=warnings,
             voice_cache=None if not cache_hits else ("hit" if all(cache_hits) else "miss"),
+            models=list(dict.fromkeys([seg.model.name for seg in plan.segments] + [m for m, _ in clones.values()])),
         )
 
-    def _batches_of(self, plan: JobPlan, chunks: list[Chunk], voices: list[Voice]) -> tuple[list[tuple], list[bool]]:
+    def _work(
+        self,
+        plan: JobPlan,
+        chunks: list[Chunk],
+        voices: list[Voice],
+        hits: list[bool],
+        clones: dict[int, tuple[str, Voice]],
+        warnings: list[str],
+    ) -> Iterator[tuple]:
+        """The job's generate calls (see `_batches_of`), in order; `hits` and `clones` are filled in as it goes.
+
+        Lazy: with voice_consistency "clone" a designed voice's first chunk is batched first and its later
+        chunks only once that has been generated (the caller's loop finishes each call before taking the next):
+        they are cloned from its audio (ICL, its text as ref_text) on the Base model of its size."""
+        designed = self._designed_voices(plan, chunks)
+        if plan.voice_consistency != "clone":
+            warnings.extend(self._drift_warning(plan, group) for group in designed)
+            designed = []
+        firsts = {group[0].index for group in designed}
+        work, pass_hits = self._batches_of(plan, [c for c in chunks if c.index in firsts or not designed], voices)
+        hits.extend(pass_hits)
+        yield from work
+        if designed:
+            clones.update(self._clone_voices(plan, designed, warnings))
+            work, pass_hits = self._batches_of(plan, [c for c in chunks if c.index not in firsts], voices, clones)
+            hits.extend(pass_hits)
+            yield from work
+
+    def _batches_of(
+        self,
+        plan: JobPlan,
+        chunks: list[Chunk],
+        voices: list[Voice],
+        clones: dict[int, tuple[str, Voice]] | None = None,
+    ) -> tuple[list[tuple], list[bool]]:
         """(model, voice, language, clone prompt, chunks) per generate call: chunks that share model, voice
-        and language are batched together, across segments too. Also whether each clone prompt was cached."""
+        and language are batched together, across segments too. Also whether each clone prompt was cached.
+        `clones` puts a chunk, by index, on another model and voice (a designed voice's clone)."""
+        clones = clones or {}
         groups: dict[tuple, list[Chunk]] = {}
+        chosen: dict[tuple, Voice] = {}
         for chunk in chunks:
             seg = plan.segments[chunk.segment]
-            groups.setdefault((seg.model.name, voices[chunk.segment].key(), seg.language), []).append(chunk)
+            name, voice = clones.get(chunk.index, (seg.model.name, voices[chunk.segment]))
+            chosen[name, voice.key(), seg.language] = voice
+            groups.setdefault((name, voice.key(), seg.language), []).append(chunk)
         work = []
         prompts: dict[tuple, Any] = {}  # a clone voice's prompt is fetched once per job, whatever the language
         hits = []
         for (model_name, voice_key, language), members in groups.items():
             model = self.get_model(model_name)
-            voice = voices[members[0].segment]
+            voice = chosen[model_name, voice_key, language]
             prompt = None
             if voice.ref_audio is not None:
                 if (model_name, voice_key) not in prompts:
@@ -169,6 +217,46 @@ class Generator:
                 prompt = prompts[model_name, voice_key]
             work.extend((model, voice, language, prompt, batch) for batch in _batches(members, self.config.max_batch))
         return work, hits
+
+    @staticmethod
+    def _designed_voices(plan: JobPlan, chunks: list[Chunk]) -> list[list[Chunk]]:
+        """The chunks of each VoiceDesign voice spoken in more than one chunk, in text order. A voice is a model
+        and a description: segments that share them share the voice."""
+        groups: dict[tuple, list[Chunk]] = {}
+        for chunk in chunks:
+            seg = plan.segments[chunk.segment]
+            if seg.model.kind == VOICE_DESIGN:
+                groups.setdefault((seg.model.name, seg.instruct), []).append(chunk)
+        return [group for group in groups.values() if len(group) > 1]
+
+    @staticmethod
+    def _drift_warning(plan: JobPlan, group: list[Chunk]) -> str:
+        model = plan.segments[group[0].segment].model
+        segments = sorted({c.segment + 1 for c in group})
+        if len(plan.segments) == 1:
+            where = "the text"
+        else:
+            where = ("segments " if len(segments) > 1 else "segment ") + ", ".join(map(str, segments))
+        return (
+            f"{model.name} designs the voice anew for each chunk, so the {len(group)} chunks of {where} may drift "
+            f'between voices; "voice_consistency": "clone" designs the first chunk and clones it for the rest '
+            f"(on {model.size}-Base)"
+        )
+
+    def _clone_voices(
+        self, plan: JobPlan, designed: list[list[Chunk]], warnings: list[str]
+    ) -> dict[int, tuple[str, Voice]]:
+        """Each designed voice's later chunks → (its Base model, the first chunk's audio and text as an ICL voice)."""
+        clones = {}
+        for first, *rest in designed:
+            seg = plan.segments[first.segment]
+            rate = self.get_model(seg.clone_model.name).sample_rate
+            made_at = self.get_model(seg.model.name).sample_rate
+            ref = from_generated(postprocess.resample(first.audio, made_at, rate), rate)
+            warnings.extend(ref.warnings)
+            voice = Voice(ref_audio=(ref.samples, ref.sample_rate), ref_text=first.text, ref_key=ref.key)
+            clones.update((chunk.index, (seg.clone_model.name, voice)) for chunk in rest)
+        return clones
 
     def _voices(self, plan: JobPlan) -> tuple[list[Voice], list[str]]:
         references: dict[tuple, Reference] = {}

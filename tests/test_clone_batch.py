@@ -147,9 +147,7 @@ def test_each_item_is_resampled_and_levelled_on_its_own(recorded, speech_wav):
         assert postprocess.true_peak_dbtp(samples, rate) <= -1.0
 
 
-@pytest.mark.parametrize(
-    ("fmt", "ext"), [pytest.param("wav", "wav", id="wav"), pytest.param("mp3", "mp3", id="mp3")]
-)
+@pytest.mark.parametrize(("fmt", "ext"), [pytest.param("wav", "wav", id="wav"), pytest.param("mp3", "mp3", id="mp3")])
 def test_s3_delivers_one_object_per_item(recorded, s3_server, speech_wav, fmt, ext):
     worker, _ = recorded(s3_server.env())
     job_id = f"s3-batch-{fmt}"
@@ -213,7 +211,9 @@ def test_join_true_is_the_joined_track(recorded, speech_wav):
             "join: false (each segment is its own audio item); leave it out",
             id="segment-pause",
         ),
-        pytest.param({"segments": [{"text": "A."}], "join": "maybe"}, "join: Input should be a valid boolean", id="type"),
+        pytest.param(
+            {"segments": [{"text": "A."}], "join": "maybe"}, "join: Input should be a valid boolean", id="not-a-bool"
+        ),
     ],
 )
 def test_join_false_refusals(job, message):

@@ -168,20 +168,22 @@ class Generator:
     ) -> Iterator[tuple]:
         """The job's generate calls (see `_batches_of`), in order; `hits` and `clones` are filled in as it goes.
 
-        Lazy: with voice_consistency "clone" a designed voice's first chunk is batched first and its later
-        chunks only once that has been generated (the caller's loop finishes each call before taking the next):
-        they are cloned from its audio (ICL, its text as ref_text) on the Base model of its size."""
+        Lazy: with voice_consistency "clone" the chunks after a designed voice's first are batched only once
+        everything else, that first chunk included, has been generated (the caller's loop finishes each call
+        before taking the next): they are cloned from its audio (ICL, its text as ref_text) on the Base model
+        of its size."""
         designed = self._designed_voices(plan, chunks)
         if plan.voice_consistency != "clone":
             warnings.extend(self._drift_warning(plan, group) for group in designed)
             designed = []
-        firsts = {group[0].index for group in designed}
-        work, pass_hits = self._batches_of(plan, [c for c in chunks if c.index in firsts or not designed], voices)
+        later = {c.index for group in designed for c in group[1:]}
+        work, pass_hits = self._batches_of(plan, [c for c in chunks if c.index not in later], voices)
         hits.extend(pass_hits)
         yield from work
         if designed:
-            clones.update(self._clone_voices(plan, designed, warnings))
-            work, pass_hits = self._batches_of(plan, [c for c in chunks if c.index not in firsts], voices, clones)
+            made_at = {c.index: model.sample_rate for model, _, _, _, batch in work for c in batch}
+            clones.update(self._clone_voices(plan, designed, made_at, warnings))
+            work, pass_hits = self._batches_of(plan, [c for c in chunks if c.index in later], voices, clones)
             hits.extend(pass_hits)
             yield from work
 
@@ -244,15 +246,14 @@ class Generator:
         )
 
     def _clone_voices(
-        self, plan: JobPlan, designed: list[list[Chunk]], warnings: list[str]
+        self, plan: JobPlan, designed: list[list[Chunk]], made_at: dict[int, int], warnings: list[str]
     ) -> dict[int, tuple[str, Voice]]:
         """Each designed voice's later chunks → (its Base model, the first chunk's audio and text as an ICL voice)."""
         clones = {}
         for first, *rest in designed:
             seg = plan.segments[first.segment]
             rate = self.get_model(seg.clone_model.name).sample_rate
-            made_at = self.get_model(seg.model.name).sample_rate
-            ref = from_generated(postprocess.resample(first.audio, made_at, rate), rate)
+            ref = from_generated(postprocess.resample(first.audio, made_at[first.index], rate), rate)
             warnings.extend(ref.warnings)
             voice = Voice(ref_audio=(ref.samples, ref.sample_rate), ref_text=first.text, ref_key=ref.key)
             clones.update((chunk.index, (seg.clone_model.name, voice)) for chunk in rest)

@@ -97,18 +97,57 @@ def configure_logging(env: Mapping[str, str]) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def misconfigured(problem: str) -> Handler:
+    """The handler of a worker whose environment is invalid: every job gets `internal` naming the problem."""
+    message = f"the worker is misconfigured: {problem}. Fix the endpoint's environment variables."
+
+    def handle(job: dict[str, Any]) -> dict[str, Any]:
+        log.error("job %s refused: %s", job.get("id") or "local", message)
+        return error("internal", message)
+
+    return handle
+
+
+def preload(worker: Worker) -> None:
+    """Warm the configured models; on failure the worker stays up and answers every synthesis job with
+    `model_unavailable` and the reason (a crash would only make RunPod restart it in a loop, jobs unanswered)."""
+    try:
+        worker.preload()
+    except TTSError as exc:
+        reason = exc.message
+    except Exception as exc:  # a CUDA out-of-memory or a library error during the warm-up generation
+        log.exception("preload failed")
+        reason = startup_failure(exc)
+    else:
+        return
+    log.critical("PRELOAD FAILED, answering every job with model_unavailable: %s", reason)
+    worker.fail_startup(reason)
+
+
+def startup_failure(exc: Exception) -> str:
+    if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
+        return (
+            "the GPU ran out of memory while warming up the preloaded models (OutOfMemoryError); preload fewer "
+            "models (QWEN_TTS_PRELOAD) or use a GPU with more memory"
+        )
+    return f"warming up the preloaded models failed ({type(exc).__name__})"
+
+
+def start(env: Mapping[str, str]) -> Handler:
+    """The process's handler: a configured, preloaded worker's, or one that explains why it can't work."""
+    try:
+        worker, handle = build(env)
+    except ValueError as exc:  # a misconfigured environment
+        log.critical("CONFIGURATION ERROR, answering every job with this error: %s", exc)
+        return misconfigured(str(exc))
+    preload(worker)
+    return handle
+
+
 def main() -> int:
     global _handler
     configure_logging(os.environ)
-    try:
-        worker, _handler = build(os.environ)
-        worker.preload()
-    except ValueError as exc:  # a misconfigured environment
-        log.error("configuration error: %s", exc)
-        return 2
-    except TTSError as exc:
-        log.error("preload failed, not taking jobs: %s", exc.message)
-        return 1
+    _handler = start(os.environ)
 
     # The runpod SDK logs each job's input and output at its default level, DEBUG: that would put callers'
     # text and audio in the worker's logs.

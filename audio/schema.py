@@ -29,6 +29,7 @@ from audio.catalog import (
 from audio.delivery import MODES as DELIVERY_MODES
 from audio.encoders import FORMATS as OUTPUT_FORMATS
 from audio.errors import InputError
+from audio.spoken import is_speakable
 from audio.voice_store import is_voice_id
 
 INFO_ACTIONS = ("health", "voices", "languages", "models")
@@ -91,6 +92,7 @@ class SynthesisJob(VoiceFields):
     params: Params | None = None
     join: bool | None = None  # false: one audio item per segment (a clone batch), not one joined track
     voice_consistency: Literal["none", "clone"] | None = None  # VoiceDesign across chunks (see plan_job)
+    captions: Literal["srt", "vtt"] | None = None  # captions of the spoken text, returned beside the audio
 
     @field_validator("params")
     @classmethod
@@ -181,6 +183,7 @@ class JobPlan:
     speed: float = 1.0  # tempo, pitch kept: only the OpenAI-shaped input sets it
     join: bool = True  # False: each segment is delivered as its own audio item
     voice_consistency: str = "none"  # "clone": a designed voice's first chunk is the reference for the rest
+    captions: str | None = None  # "srt" | "vtt"
 
     @property
     def models(self) -> list[str]:
@@ -294,6 +297,13 @@ def _segment(
             names = ", ".join(s.name for s in SPEAKERS.values())
             aliases = ", ".join(VOICE_ALIASES)
             raise InputError(f"{where}unknown voice {voice!r}: use one of {names} (aliases: {aliases})")
+        dialect = SPEAKERS[speaker.lower()].dialect
+        if dialect and language == "Auto":
+            warnings.append(
+                f"voice {speaker} speaks the {dialect} dialect: with language Auto (or Chinese) qwen_tts uses "
+                f"{speaker}'s dialect for all text; set language for another language, or pick a voice without "
+                "a dialect for standard Mandarin"
+            )
         if instruct and not variant.honours_instruct:
             warnings.append(
                 f"model {variant.name} ignores instruct (only 1.7B-CustomVoice follows style instructions); "
@@ -371,6 +381,8 @@ def plan_job(job: SynthesisJob, *, default_model: str, max_chars: int) -> JobPla
             replace(s, clone_model=MODELS[f"{s.model.size}-Base"]) if s.model.kind == VOICE_DESIGN else s
             for s in segments
         ]
+    if not any(is_speakable(s.text) for s in segments):
+        raise InputError("the text has nothing to speak: it holds only punctuation, symbols, emoji or whitespace")
     if job.stream:
         warnings.append("stream is not supported yet: the whole result is returned at once")
     total = sum(len(s.text) for s in segments)
@@ -392,4 +404,5 @@ def plan_job(job: SynthesisJob, *, default_model: str, max_chars: int) -> JobPla
         warnings=list(dict.fromkeys(warnings)),
         join=join,
         voice_consistency=consistency,
+        captions=job.captions,
     )

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from audio import catalog, encoders, joiner, postprocess
+from audio import captions, catalog, encoders, joiner, postprocess
 from audio.delivery import Deliverer
 from audio.errors import InputError, ModelError
 from audio.generator import Generator, GeneratorConfig, Synthesis
@@ -60,6 +60,8 @@ def generator_config(settings: Settings) -> GeneratorConfig:
         chunk_max_chars=settings.chunk_max_chars,
         crossfade_ms=settings.crossfade_ms,
         edge_pad_ms=settings.edge_pad_ms,
+        sentence_pause_ms=settings.sentence_pause_ms,
+        clause_pause_ms=settings.clause_pause_ms,
         limits=QualityLimits(
             silence_threshold_db=settings.silence_threshold_db,
             min_s_per_char=settings.min_s_per_char,
@@ -76,6 +78,19 @@ def _warmup_reference() -> str:
     buf = io.BytesIO()
     sf.write(buf, tone, rate, format="WAV", subtype="PCM_16")
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def _timeline_entries(timeline: list[tuple[captions.TimedText, tuple[int, int]]], segment: int | None = None) -> list:
+    """`metadata.timeline`; `segment` names the segment of a `join: false` item (timed on its own)."""
+    return [
+        {
+            "segment": t.segment if segment is None else segment,
+            "start_s": round(t.start_s, 3),
+            "end_s": round(t.end_s, 3),
+            "chars": list(span),
+        }
+        for t, span in timeline
+    ]
 
 
 class Worker:
@@ -104,6 +119,7 @@ class Worker:
         )
         self.deliverer = Deliverer(settings.s3, settings.max_inline_bytes)
         self.started_at = time.time()
+        self.startup_error: str | None = None  # why preload failed; then no job is synthesized
 
     def _reference_for(self, segment: SegmentPlan, sample_rate: int) -> Reference:
         if segment.saved_voice is not None:
@@ -132,20 +148,19 @@ class Worker:
         """Load and warm the configured models before taking jobs; raises ModelError if one can't load."""
         for name in self.settings.preload:
             started = time.perf_counter()
-            model = self.models.get(name)
-            job: dict[str, Any] = {"model": name, "text": "Hello.", "params": {"max_new_tokens": 4}}
+            job: dict[str, Any] = {"model": name, "text": "Hello.", "seed": 0, "params": {"max_new_tokens": 4}}
             kind = catalog.MODELS[name].kind
             if kind == catalog.VOICE_DESIGN:
                 job["instruct"] = "A clear, neutral voice."
             elif kind == catalog.BASE:
                 job.update(ref_audio=_warmup_reference(), x_vector_only=True)
-            self.generator.run(plan_job(parse_job(job), default_model=name, max_chars=self.settings.max_chars))
-            log.info(
-                "preloaded %s (sample rate %d) in %.1fs",
-                name,
-                model.sample_rate,
-                time.perf_counter() - started,
-            )
+            plan = plan_job(parse_job(job), default_model=name, max_chars=self.settings.max_chars)
+            sample_rate = self.generator.warm_up(plan)
+            log.info("preloaded %s (sample rate %d) in %.1fs", name, sample_rate, time.perf_counter() - started)
+
+    def fail_startup(self, reason: str) -> None:
+        """Preload failed: keep answering, every synthesis job with `model_unavailable` and this reason."""
+        self.startup_error = reason
 
     # -- jobs -----------------------------------------------------------------------------------------------
     def handle(self, job_input: Any, job_id: str, on_progress: ProgressFn | None = None) -> dict[str, Any]:
@@ -157,6 +172,8 @@ class Worker:
             if extra and action in INFO_ACTIONS:
                 raise InputError(f"unknown field(s) for action {action}: {', '.join(sorted(extra))}")
             return self.info(action)
+        if self.startup_error is not None:
+            raise ModelError(f"this worker could not start: {self.startup_error}")
         speed = 1.0
         if is_openai_job(job_input):
             job_input, speed = to_job_input(job_input, self.settings.default_model)
@@ -173,8 +190,9 @@ class Worker:
         self._check_clone_models(plan)
         started = time.perf_counter()
         synthesis = self.generator.run(plan, on_progress=on_progress)
+        timeline = None
         if plan.join:
-            samples, sample_rate, audio = self._render(synthesis, plan)
+            samples, sample_rate, audio, timed = self._render(synthesis, plan)
             result = self.deliverer.deliver(
                 audio,
                 fmt=plan.output_format,
@@ -183,6 +201,7 @@ class Worker:
                 mode=plan.delivery,
             )
             duration_s, size_bytes = len(samples) / sample_rate, len(audio)
+            timeline = self._timeline(synthesis, plan, timed)
         else:
             result, sample_rate = self._deliver_items(synthesis, plan, job_id)
             duration_s = sum(item["metadata"]["duration_seconds"] for item in result["items"])
@@ -202,7 +221,9 @@ class Worker:
             "realtime_factor": round(duration_s / elapsed, 3) if elapsed > 0 else None,
             "seed": synthesis.seed,
         }
-        if not plan.join:
+        if timeline is not None:
+            metadata["timeline"] = _timeline_entries(timeline)
+        else:
             metadata["num_items"] = len(result["items"])
         if plan.speed != 1.0:
             metadata["speed"] = plan.speed
@@ -220,29 +241,39 @@ class Worker:
             elapsed,
             synthesis.retries,
         )
+        if plan.captions is not None and timeline is not None:
+            result["captions"] = captions.render(captions.cues([t for t, _ in timeline]), plan.captions)
         return {**result, "metadata": metadata}
 
     def _deliver_items(self, synthesis: Synthesis, plan: JobPlan, job_id: str) -> tuple[dict[str, Any], int]:
-        """`join: false`: each segment rendered (resampled, levelled, encoded) as a job of its own, then all
-        delivered together. Returns `{"items": [...]}` and the output rate."""
-        rendered = [self._render(synthesis.only_segment(i), plan) for i in range(len(plan.segments))]
+        """`join: false`: each segment finished (resampled, levelled, encoded, timed, captioned) as a job of
+        its own, then all delivered together. Returns `{"items": [...]}` and the output rate."""
+        rendered = []
+        for i in range(len(plan.segments)):
+            alone, one = synthesis.only_segment(i), dataclasses.replace(plan, segments=[plan.segments[i]])
+            samples, rate, audio, timed = self._render(alone, one)
+            rendered.append((samples, rate, audio, self._timeline(alone, one, timed)))
         delivered = self.deliverer.deliver_items(
-            [audio for _, _, audio in rendered],
+            [audio for _, _, audio, _ in rendered],
             fmt=plan.output_format,
             content_type=encoders.CONTENT_TYPES[plan.output_format],
             job_id=job_id,
             mode=plan.delivery,
         )
         items = []
-        for i, ((samples, rate, audio), out) in enumerate(zip(rendered, delivered, strict=True)):
-            item_metadata = {
+        for i, ((samples, rate, audio, timeline), out) in enumerate(zip(rendered, delivered, strict=True)):
+            item: dict[str, Any] = dict(out)
+            if plan.captions is not None:
+                item["captions"] = captions.render(captions.cues([t for t, _ in timeline]), plan.captions)
+            item["metadata"] = {
                 "segment": i,
                 "text_chars": len(plan.segments[i].text),
                 "num_chunks": len(synthesis.chunks[i]),
                 "duration_seconds": round(len(samples) / rate, 3),
                 "size_bytes": len(audio),
+                "timeline": _timeline_entries(timeline, segment=i),
             }
-            items.append({**out, "metadata": item_metadata})
+            items.append(item)
         return {"items": items}, rendered[0][1]
 
     def _check_clone_models(self, plan: JobPlan) -> None:
@@ -257,37 +288,87 @@ class Worker:
                 )
 
     @staticmethod
+    def _timeline(
+        synthesis: Synthesis, plan: JobPlan, timed: list[list[tuple[float, float]]]
+    ) -> list[tuple[captions.TimedText, tuple[int, int]]]:
+        """One entry per chunk, in order: its text and time, and its character range in its segment's text."""
+        out = []
+        spans = synthesis.spans or [[] for _ in timed]
+        for i, (seg_times, seg_spans) in enumerate(zip(timed, spans, strict=True)):
+            text = plan.segments[i].text
+            for (start_s, end_s), (a, b) in zip(seg_times, seg_spans, strict=True):
+                out.append((captions.TimedText(i, start_s, end_s, text[a:b]), (a, b)))
+        return out
+
+    @staticmethod
     def finish(
         synthesis: Synthesis, plan: JobPlan, *, true_peak_dbtp: float = TRUE_PEAK_DBTP
     ) -> tuple[np.ndarray, int]:
-        """One track at the output rate: chunks crossfaded, segments levelled (so speakers match) and joined
-        with their pauses, then the tempo change. Built in one pass when nothing per segment is needed."""
-        rate = plan.sample_rate or synthesis.sample_rate
+        """One track at the output rate (see `finish_timed`)."""
+        samples, rate, _ = Worker.finish_timed(synthesis, plan, true_peak_dbtp=true_peak_dbtp)
+        return samples, rate
+
+    @staticmethod
+    def finish_timed(
+        synthesis: Synthesis, plan: JobPlan, *, true_peak_dbtp: float = TRUE_PEAK_DBTP
+    ) -> tuple[np.ndarray, int, list[list[tuple[float, float]]]]:
+        """One track at the output rate: chunks of a segment joined with their pauses (a crossfade at a forced
+        cut), segments levelled (so speakers match) and joined with their pauses, then the tempo change. Built
+        in one pass when nothing per segment is needed. Also where each chunk lies in it: (start_s, end_s) per
+        chunk per segment, in the delivered track's time."""
+        model_rate = synthesis.sample_rate
+        rate = plan.sample_rate or model_rate
         pauses = [int(rate * ms / 1000.0) for ms in synthesis.pauses_ms]
-        if rate == synthesis.sample_rate and plan.loudness_lufs is None:
-            joined = joiner.join(synthesis.chunks, pauses, synthesis.crossfade)
+        gaps = None
+        if synthesis.gaps_ms is not None:
+            gaps = [
+                [joiner.CROSSFADE if ms is None else round(model_rate * ms / 1000.0) for ms in seg]
+                for seg in synthesis.gaps_ms
+            ]
+        lengths = [[len(c) for c in seg] for seg in synthesis.chunks]
+        if rate == model_rate and plan.loudness_lufs is None:
+            joined = joiner.join(synthesis.chunks, pauses, synthesis.crossfade, gaps)
+            spans_s = [
+                [(a / rate, b / rate) for a, b in seg]
+                for seg in joiner.layout(lengths, pauses, synthesis.crossfade, gaps)
+            ]
         else:
             segments = []
-            for chunks in synthesis.chunks:
-                audio = joiner.join([chunks], [0], synthesis.crossfade)
-                audio = postprocess.resample(audio, synthesis.sample_rate, rate)
+            inner = []
+            for i, chunks in enumerate(synthesis.chunks):
+                seg_gaps = [gaps[i]] if gaps is not None else None
+                audio = joiner.join([chunks], [0], synthesis.crossfade, seg_gaps)
+                inner.append(joiner.layout([lengths[i]], [0], synthesis.crossfade, seg_gaps)[0])
+                audio = postprocess.resample(audio, model_rate, rate)
                 if plan.loudness_lufs is not None:
                     audio = postprocess.normalize_loudness(
                         audio, rate, plan.loudness_lufs, true_peak_dbtp=true_peak_dbtp
                     )
                 segments.append([audio])
             joined = joiner.join(segments, pauses, crossfade=0)
-        return postprocess.time_stretch(joined, rate, plan.speed), rate
+            starts = [seg[0][0] / rate for seg in joiner.layout([[len(s[0])] for s in segments], pauses, 0)]
+            spans_s = [
+                [(start + a / model_rate, start + b / model_rate) for a, b in seg]
+                for start, seg in zip(starts, inner, strict=True)
+            ]
+        stretched = postprocess.time_stretch(joined, rate, plan.speed)
+        # Times scale with the tempo change; measured on the lengths, so the last chunk ends with the track.
+        scale = len(stretched) / len(joined) if len(joined) else 1.0
+        end_s = len(stretched) / rate
+        timed = [[(min(a * scale, end_s), min(b * scale, end_s)) for a, b in seg] for seg in spans_s]
+        return stretched, rate, timed
 
-    def _render(self, synthesis: Synthesis, plan: JobPlan) -> tuple[np.ndarray, int, bytes]:
-        """Finished samples, their rate and the encoded bytes.
+    def _render(
+        self, synthesis: Synthesis, plan: JobPlan
+    ) -> tuple[np.ndarray, int, bytes, list[list[tuple[float, float]]]]:
+        """Finished samples, their rate, the encoded bytes and each chunk's place in time.
 
         Under a loudness target the true-peak ceiling holds for what a listener decodes: a lossy codec
         overshoots the peaks it is given (about 1 dB for aac and opus), so the decoded stream is measured and
         the levelling redone under a ceiling lowered by the overshoot (the limiter keeps the loudness)."""
         ceiling = TRUE_PEAK_DBTP
         for _ in range(3):
-            samples, rate = self.finish(synthesis, plan, true_peak_dbtp=ceiling)
+            samples, rate, timed = self.finish_timed(synthesis, plan, true_peak_dbtp=ceiling)
             audio = encoders.encode(samples, rate, plan.output_format)
             if plan.loudness_lufs is None or plan.output_format not in encoders.LOSSY_FORMATS:
                 break
@@ -296,11 +377,21 @@ class Worker:
             if over_db <= 0:
                 break
             ceiling -= over_db + 0.1
-        return samples, rate, audio
+        return samples, rate, audio, timed
 
     # -- info actions -----------------------------------------------------------------------------------------
     def info(self, action: str) -> dict[str, Any]:
         if action == "health":
+            if self.startup_error is not None:
+                return {
+                    "status": "unavailable",
+                    "startup_error": self.startup_error,
+                    "loaded_models": self.models.loaded(),
+                    "model_loads": self.models.loads(),
+                    "default_model": self.settings.default_model,
+                    "uptime_seconds": round(time.time() - self.started_at, 1),
+                    "versions": versions(),
+                }
             runtime = self.models.runtime
             return {
                 "status": "ok",
@@ -309,6 +400,7 @@ class Worker:
                 "attention": runtime.attention,
                 "engine": self.settings.engine,
                 "loaded_models": self.models.loaded(),
+                "model_loads": self.models.loads(),
                 "default_model": self.settings.default_model,
                 "output_formats": encoders.available_formats(),
                 "s3_configured": self.deliverer.s3_configured,

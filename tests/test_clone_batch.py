@@ -23,7 +23,7 @@ from tests.conftest import SPEECH_TEXT
 
 FRAME = 1920
 RATE = 24000
-CROSSFADE = RATE * 40 // 1000  # the default 40 ms between chunks of a segment
+SENTENCE_GAP = RATE * 300 // 1000  # the default silence between chunks of a segment that end sentences
 # Chunks of about 20 (at most 40) characters, so a segment of two sentences is two chunks.
 SMALL_CHUNKS = {"QWEN_TTS_CHUNK_TARGET_CHARS": "20", "QWEN_TTS_CHUNK_MAX_CHARS": "40"}
 SEGMENTS = [
@@ -32,6 +32,7 @@ SEGMENTS = [
     {"text": "Third."},
 ]
 CHUNKS_PER_SEGMENT = [1, 2, 1]
+CHARS = [[(0, 15)], [(0, 26), (27, 48)], [(0, 6)]]  # each chunk's character range in its segment
 
 
 class Recording:
@@ -81,7 +82,7 @@ def clone_batch(speech_wav: bytes, frames: int = 4, **fields) -> dict:
 
 
 def item_length(chunks: int, frames: int) -> int:
-    return chunks * frames * FRAME - (chunks - 1) * CROSSFADE
+    return chunks * frames * FRAME + (chunks - 1) * SENTENCE_GAP
 
 
 def decode_item(item: dict) -> tuple[np.ndarray, int]:
@@ -105,11 +106,20 @@ def test_one_item_per_segment_each_its_own_length(recorded, speech_wav):
             "num_chunks": chunks,
             "duration_seconds": round(item_length(chunks, 4) / RATE, 3),
             "size_bytes": 44 + 2 * item_length(chunks, 4),
+            "timeline": [  # in the item's own time
+                {
+                    "segment": i,
+                    "start_s": round(j * (4 * FRAME + SENTENCE_GAP) / RATE, 3),
+                    "end_s": round((j * (4 * FRAME + SENTENCE_GAP) + 4 * FRAME) / RATE, 3),
+                    "chars": list(span),
+                }
+                for j, span in enumerate(CHARS[i])
+            ],
         }
     meta = result["metadata"]
     assert meta["num_items"] == 3 and meta["num_segments"] == 3 and meta["num_chunks"] == 4
     assert meta["model"] == "0.6B-Base" and meta["seed"] == 3 and meta["retries"] == 0
-    assert meta["voice_cache"] == "miss"
+    assert meta["voice_cache"] == "miss" and "timeline" not in meta
     assert meta["size_bytes"] == sum(item["metadata"]["size_bytes"] for item in items)
     assert meta["duration_seconds"] == pytest.approx(sum(item_length(c, 4) for c in CHUNKS_PER_SEGMENT) / RATE)
     # the clone prompt is built once, and all four chunks share one batched generate call
@@ -166,21 +176,33 @@ def test_s3_delivers_one_object_per_item(recorded, s3_server, speech_wav, fmt, e
         assert item["metadata"]["size_bytes"] == len(body)
 
 
-# The wav items: 15404, 28844 and 15404 bytes; 20540, 38460 and 20540 as base64, 79540 together.
+# The wav items: 15404, 45164 and 15404 bytes; 20540, 60220 and 20540 as base64, 101300 together.
 @pytest.mark.parametrize(
     ("limit", "fits"),
-    [pytest.param(79540, True, id="all-items-at-the-limit"), pytest.param(79539, False, id="one-byte-over")],
+    [pytest.param(101300, True, id="all-items-at-the-limit"), pytest.param(101299, False, id="one-byte-over")],
 )
 def test_the_inline_limit_is_on_all_items_together(recorded, speech_wav, limit, fits):
     worker, _ = recorded({"QWEN_TTS_MAX_INLINE_BYTES": str(limit)})
     result = run(worker, clone_batch(speech_wav))
     if fits:
-        assert [len(item["audio_base64"]) for item in result["items"]] == [20540, 38460, 20540]
+        assert [len(item["audio_base64"]) for item in result["items"]] == [20540, 60220, 20540]
         return
     assert result["error"]["code"] == "payload_too_large"
     assert result["error"]["message"].startswith(
-        f"The 3 audio items are together 79540 bytes as base64, over this worker's inline limit of {limit} bytes."
+        f"The 3 audio items are together 101300 bytes as base64, over this worker's inline limit of {limit} bytes."
     )
+
+
+def test_captions_come_with_each_item(recorded, speech_wav):
+    worker, _ = recorded()
+    result = run(worker, clone_batch(speech_wav, captions="vtt"))
+    assert "captions" not in result
+    assert [item["captions"] for item in result["items"]] == [
+        "WEBVTT\n\n00:00:00.000 --> 00:00:00.320\nOne short line.\n",
+        "WEBVTT\n\n00:00:00.000 --> 00:00:00.320\nThe second line is longer.\n\n"
+        "00:00:00.620 --> 00:00:00.940\nIt has two sentences.\n",
+        "WEBVTT\n\n00:00:00.000 --> 00:00:00.320\nThird.\n",
+    ]
 
 
 def test_join_true_is_the_joined_track(recorded, speech_wav):

@@ -249,6 +249,31 @@ def test_unknown_action_lists_the_actions(worker):
     }
 
 
+@pytest.mark.parametrize(("voice", "dialect"), [("Dylan", "Beijing"), ("Eric", "Sichuan")])
+def test_dialect_by_auto_is_a_warning_and_speaks_as_chinese_does(worker, voice, dialect):
+    job = {"text": "Hi there.", "voice": voice, "model": "0.6B-CustomVoice", "seed": 4, "params": {"max_new_tokens": 4}}
+    auto = run(worker, job)
+    assert auto["metadata"]["warnings"] == [
+        f"voice {voice} speaks the {dialect} dialect: with language Auto (or Chinese) qwen_tts uses {voice}'s "
+        "dialect for all text; set language for another language, or pick a voice without a dialect for "
+        "standard Mandarin"
+    ]
+    # What the warning says: under Auto the model is given the dialect, exactly as under Chinese.
+    chinese = run(worker, {**job, "language": "Chinese"})
+    english = run(worker, {**job, "language": "English"})
+    assert auto["audio_base64"] == chinese["audio_base64"] != english["audio_base64"]
+    assert "warnings" not in english["metadata"]
+
+
+@pytest.mark.parametrize("name", ["fable", "verse"])
+def test_openai_voice_names_get_no_dialect_warning(name):
+    from audio.openai_compat import to_job_input
+
+    job, _ = to_job_input({"openai_input": {"input": "Hi.", "voice": name}}, "1.7B-CustomVoice")
+    plan = plan_job(parse_job(job), default_model="1.7B-CustomVoice", max_chars=100)
+    assert (plan.segments[0].speaker, plan.warnings) == ({"fable": "Aiden", "verse": "Ryan"}[name], [])
+
+
 def test_a_loopback_reference_url_is_refused_by_default_and_the_server_gets_nothing(worker, tmp_path):
     import http.server
     import threading

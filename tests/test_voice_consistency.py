@@ -21,7 +21,7 @@ from handler import make_handler
 
 FRAME = 1920
 RATE = 24000
-CROSSFADE = RATE * 40 // 1000
+SENTENCE_GAP = RATE * 300 // 1000  # between chunks that end sentences
 SMALL_CHUNKS = {"QWEN_TTS_CHUNK_TARGET_CHARS": "20", "QWEN_TTS_CHUNK_MAX_CHARS": "40"}
 TEXT = "The first sentence is here. The second sentence follows. And a third one ends it."
 CHUNKS = ["The first sentence is here.", "The second sentence follows.", "And a third one ends it."]
@@ -92,7 +92,7 @@ def decoded_length(result: dict) -> int:
 
 
 def joined_length(chunks: int, frames: int = FRAMES) -> int:
-    return chunks * frames * FRAME - (chunks - 1) * CROSSFADE
+    return chunks * frames * FRAME + (chunks - 1) * SENTENCE_GAP
 
 
 def test_clone_designs_the_first_chunk_and_clones_it_on_base_for_the_rest(recorded):

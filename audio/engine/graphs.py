@@ -94,7 +94,7 @@ class GraphSteps(EagerSteps):
         n = live.hidden.shape[0]
         size = bucket_for(n)
         warp = live.sub_warp
-        key = (size, warp.any_top_k, warp.max_top_k, warp.any_top_p)
+        key = (size, warp.any_top_k, warp.max_top_k, warp.any_top_p, warp.same_top_k)
         if key not in self._predictor:
             self._predictor[key] = self._predictor_graph(*key)
         run, inputs = self._predictor[key]
@@ -130,7 +130,7 @@ class GraphSteps(EagerSteps):
         return self._capture(body, inputs)
 
     def _predictor_graph(
-        self, size: int, any_top_k: bool, max_top_k: int, any_top_p: bool
+        self, size: int, any_top_k: bool, max_top_k: int, any_top_p: bool, same_top_k: bool
     ) -> tuple[Callable[[], Any], dict[str, torch.Tensor]]:
         loop = self.loop
         like = loop.codec_head
@@ -143,7 +143,9 @@ class GraphSteps(EagerSteps):
             "top_k": torch.ones(size, 1, dtype=torch.long, device=device),
             "top_p": torch.ones(size, 1, device=device),
         }
-        warp = Warp(inputs["temperature"], inputs["top_k"], inputs["top_p"], any_top_k, any_top_p, max_top_k)
+        warp = Warp(
+            inputs["temperature"], inputs["top_k"], inputs["top_p"], any_top_k, any_top_p, max_top_k, same_top_k
+        )
 
         def body() -> tuple[torch.Tensor, torch.Tensor]:
             return loop.code_predictor(inputs["hidden"], inputs["first"], inputs["uniforms"], warp)

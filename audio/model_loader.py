@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from audio.catalog import MODELS, TOKENIZER_DIR_NAME, ModelVariant
 from audio.errors import ModelError
 from audio.settings import Settings
+from audio.splitter import CJK_WEIGHT
 
 if TYPE_CHECKING:
     from audio.engine.base import QwenSpeech
@@ -240,12 +241,16 @@ def make_engine(settings: Settings, variant: ModelVariant, tts: Any, runtime: Ru
         )
         return ReferenceEngine(variant, tts, runtime)
     graphs = settings.cuda_graphs == "auto" and runtime.device.startswith("cuda")
-    # The longest audio a chunk's budget allows (CJK text weighs up to 2 per character): what CUDA graphs' static
-    # cache is sized for; longer calls run eagerly.
-    longest_s = settings.max_s_per_char * 2 * settings.chunk_max_chars + settings.duration_slack_s
-    return FastEngine(
-        variant, tts, runtime, cuda_graphs=graphs, max_batch=settings.max_batch, graph_longest_s=longest_s
-    )
+    # The longest audio a full chunk's budget allows (at CJK weight): what CUDA graphs' static cache is sized for.
+    # Longer calls (numbers read aloud weigh more still, or a large params.max_new_tokens) run eagerly.
+    longest_s = settings.max_s_per_char * CJK_WEIGHT * settings.chunk_max_chars + settings.duration_slack_s
+    try:
+        return FastEngine(
+            variant, tts, runtime, cuda_graphs=graphs, max_batch=settings.max_batch, graph_longest_s=longest_s
+        )
+    except ValueError as exc:  # a checkpoint layout the fast loop doesn't implement (e.g. sliding windows)
+        log.warning("the fast engine can't run %s (%s): using the reference engine", variant.name, exc)
+        return ReferenceEngine(variant, tts, runtime)
 
 
 def _load_qwen_tts(path: Path, tokenizer: Path, runtime: Runtime, *, scratch: Path | None = None) -> Any:

@@ -14,15 +14,16 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from audio import joiner
+from audio.catalog import VOICE_DESIGN
 from audio.errors import InputError, SynthesisError
 from audio.quality import QualityLimits, check_chunk, frame_budget
-from audio.reference import Reference, decode_reference
+from audio.reference import Reference, decode_reference, from_generated
 from audio.schema import JobPlan, SegmentPlan
 from audio.speech import ChunkRequest, SpeechModel, Voice
 from audio.splitter import CLAUSE, FORCED, SENTENCE, split_chunks
@@ -72,6 +73,17 @@ class Synthesis:
     # Per segment, between its chunks j and j+1: ms of silence, or None for a crossfade (a forced cut).
     gaps_ms: list[list[float | None]] | None = None
     spans: list[list[tuple[int, int]]] | None = None  # per segment, each chunk's character range in its text
+    models: list[str] = field(default_factory=list)  # the models that generated, a designed voice's clone too
+
+    def only_segment(self, index: int) -> Synthesis:
+        """Segment `index` alone, as if it were the whole job (one item of a `join: false` job)."""
+        return replace(
+            self,
+            chunks=[self.chunks[index]],
+            pauses_ms=[0],
+            gaps_ms=None if self.gaps_ms is None else [self.gaps_ms[index]],
+            spans=None if self.spans is None else [self.spans[index]],
+        )
 
 
 def _chunks_for(segment_index: int, segment: SegmentPlan, config: GeneratorConfig, start: int) -> list[Chunk]:
@@ -136,7 +148,16 @@ class Generator:
         warnings: list[str] = []
         hits: list[bool] = []
         references: dict[tuple, Reference] = {}
-        for model_name, groups in self._batches_of(plan, chunks):
+        # A designed voice kept across chunks (voice_consistency "clone"): its later chunks run after all else,
+        # cloned from its first chunk's audio (ICL, that chunk's text as ref_text) on the Base model of its size.
+        designed = self._designed_voices(plan, chunks)
+        if plan.voice_consistency != "clone":
+            warnings.extend(self._drift_warning(plan, group) for group in designed)
+            designed = []
+        clone_of = {c.index: group[0] for group in designed for c in group[1:]}
+        work = self._batches_of(plan, [c for c in chunks if c.index not in clone_of])
+        work += self._batches_of(plan, [c for c in chunks if c.index in clone_of], clone_of)
+        for model_name, groups in work:
             # One model at a time, fetched when its work starts and dropped when it ends: under a cap of one
             # loaded model the cache can free it before the next model loads.
             model = self.get_model(model_name)
@@ -147,7 +168,8 @@ class Generator:
             voices = self._voices(plan, sorted({c.segment for g in groups for c in g}), model, references, warnings)
             prompts: dict[tuple, Any] = {}  # a clone voice's prompt is fetched once per job, whatever the language
             for members in groups:
-                voice = voices[members[0].segment]
+                first = clone_of.get(members[0].index)
+                voice = voices[members[0].segment] if first is None else self._clone_voice(first, model, warnings)
                 language = plan.segments[members[0].segment].language
                 prompt = None
                 if voice.ref_audio is not None:
@@ -193,23 +215,65 @@ class Generator:
             model_time_s=model_time_s,
             warnings=list(dict.fromkeys(warnings)),
             voice_cache=None if not hits else ("hit" if all(hits) else "miss"),
+            models=list(dict.fromkeys(plan.models + [name for name, _ in work])),
         )
 
-    def _batches_of(self, plan: JobPlan, chunks: list[Chunk]) -> list[tuple[str, list[list[Chunk]]]]:
+    def _batches_of(
+        self, plan: JobPlan, chunks: list[Chunk], clone_of: dict[int, Chunk] | None = None
+    ) -> list[tuple[str, list[list[Chunk]]]]:
         """The job's work by model, in order of first use: per model, its chunks grouped by voice and language.
 
         Chunks that share model, voice and language are batched together, across segments too; a model's
         groups all run before the next model's, so each model is needed for one stretch of the job only.
-        A chunk with nothing to say goes to no model."""
+        A chunk with nothing to say goes to no model. A chunk in `clone_of` runs on its segment's
+        `clone_model`, in the voice of the designed chunk it maps to."""
+        clone_of = clone_of or {}
         groups: dict[str, dict[tuple, list[Chunk]]] = {}
         for chunk in chunks:
             if not chunk.speakable:
                 continue
             seg = plan.segments[chunk.segment]
+            if chunk.index in clone_of:
+                key: tuple = ("clone of chunk", clone_of[chunk.index].index)
+                groups.setdefault(seg.clone_model.name, {}).setdefault((key, seg.language), []).append(chunk)
+                continue
             # Segments with the same voice fields share a group (a reference is known by its source here).
             key = (seg.speaker, seg.instruct, seg.ref_audio, seg.saved_voice, seg.ref_text, seg.x_vector_only)
             groups.setdefault(seg.model.name, {}).setdefault((key, seg.language), []).append(chunk)
         return [(name, list(by_voice.values())) for name, by_voice in groups.items()]
+
+    @staticmethod
+    def _designed_voices(plan: JobPlan, chunks: list[Chunk]) -> list[list[Chunk]]:
+        """The chunks of each VoiceDesign voice spoken in more than one chunk, in text order. A voice is a model
+        and a description: segments that share them share the voice."""
+        groups: dict[tuple, list[Chunk]] = {}
+        for chunk in chunks:
+            seg = plan.segments[chunk.segment]
+            if seg.model.kind == VOICE_DESIGN and chunk.speakable:
+                groups.setdefault((seg.model.name, seg.instruct), []).append(chunk)
+        return [group for group in groups.values() if len(group) > 1]
+
+    @staticmethod
+    def _drift_warning(plan: JobPlan, group: list[Chunk]) -> str:
+        model = plan.segments[group[0].segment].model
+        segments = sorted({c.segment + 1 for c in group})
+        if len(plan.segments) == 1:
+            where = "the text"
+        else:
+            where = ("segments " if len(segments) > 1 else "segment ") + ", ".join(map(str, segments))
+        return (
+            f"{model.name} designs the voice anew for each chunk, so the {len(group)} chunks of {where} may drift "
+            f'between voices; "voice_consistency": "clone" designs the first chunk and clones it for the rest '
+            f"(on {model.size}-Base)"
+        )
+
+    @staticmethod
+    def _clone_voice(first: Chunk, model: SpeechModel, warnings: list[str]) -> Voice:
+        """The voice of a designed voice's later chunks: its first chunk's audio (made at this job's one rate)
+        and text, an ICL reference for `model`."""
+        ref = from_generated(first.audio, model.sample_rate)
+        warnings.extend(ref.warnings)
+        return Voice(ref_audio=(ref.samples, ref.sample_rate), ref_text=first.text, ref_key=ref.key)
 
     def warm_up(self, plan: JobPlan) -> int:
         """One short generation of each segment's text, with no quality gate: a few frames of warm-up prove the

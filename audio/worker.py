@@ -21,7 +21,7 @@ from audio import captions, catalog, encoders, joiner, postprocess
 from audio.delivery import Deliverer
 from audio.errors import InputError, ModelError
 from audio.generator import Generator, GeneratorConfig, Synthesis
-from audio.model_loader import ModelCache, find_model_path, versions
+from audio.model_loader import ModelCache, download_hint, find_model_path, versions
 from audio.openai_compat import is_openai_job, to_job_input
 from audio.quality import QualityLimits
 from audio.reference import FetchPolicy, Reference, decode_audio, decode_reference, prepare, reference_bytes
@@ -78,6 +78,19 @@ def _warmup_reference() -> str:
     buf = io.BytesIO()
     sf.write(buf, tone, rate, format="WAV", subtype="PCM_16")
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def _timeline_entries(timeline: list[tuple[captions.TimedText, tuple[int, int]]], segment: int | None = None) -> list:
+    """`metadata.timeline`; `segment` names the segment of a `join: false` item (timed on its own)."""
+    return [
+        {
+            "segment": t.segment if segment is None else segment,
+            "start_s": round(t.start_s, 3),
+            "end_s": round(t.end_s, 3),
+            "chars": list(span),
+        }
+        for t, span in timeline
+    ]
 
 
 class Worker:
@@ -174,19 +187,27 @@ class Worker:
         encoders.check_encodable(plan.output_format, plan.sample_rate)
         postprocess.check_time_stretch(plan.speed)
         self.deliverer.check_mode(plan.delivery)
+        self._check_clone_models(plan)
         started = time.perf_counter()
         synthesis = self.generator.run(plan, on_progress=on_progress)
-        samples, sample_rate, audio, timed = self._render(synthesis, plan)
-        result = self.deliverer.deliver(
-            audio,
-            fmt=plan.output_format,
-            content_type=encoders.CONTENT_TYPES[plan.output_format],
-            job_id=job_id,
-            mode=plan.delivery,
-        )
+        timeline = None
+        if plan.join:
+            samples, sample_rate, audio, timed = self._render(synthesis, plan)
+            result = self.deliverer.deliver(
+                audio,
+                fmt=plan.output_format,
+                content_type=encoders.CONTENT_TYPES[plan.output_format],
+                job_id=job_id,
+                mode=plan.delivery,
+            )
+            duration_s, size_bytes = len(samples) / sample_rate, len(audio)
+            timeline = self._timeline(synthesis, plan, timed)
+        else:
+            result, sample_rate = self._deliver_items(synthesis, plan, job_id)
+            duration_s = sum(item["metadata"]["duration_seconds"] for item in result["items"])
+            size_bytes = sum(item["metadata"]["size_bytes"] for item in result["items"])
         elapsed = time.perf_counter() - started
-        duration_s = len(samples) / sample_rate
-        models = plan.models
+        models = synthesis.models or plan.models
         metadata: dict[str, Any] = {
             "duration_seconds": round(duration_s, 3),
             "sample_rate": encoders.encoded_rate(plan.output_format, sample_rate),
@@ -195,16 +216,15 @@ class Worker:
             "num_segments": len(plan.segments),
             "num_chunks": synthesis.num_chunks,
             "retries": synthesis.retries,
-            "size_bytes": len(audio),
+            "size_bytes": size_bytes,
             "generation_time_seconds": round(elapsed, 3),
             "realtime_factor": round(duration_s / elapsed, 3) if elapsed > 0 else None,
             "seed": synthesis.seed,
         }
-        timeline = self._timeline(synthesis, plan, timed)
-        metadata["timeline"] = [
-            {"segment": t.segment, "start_s": round(t.start_s, 3), "end_s": round(t.end_s, 3), "chars": list(span)}
-            for t, span in timeline
-        ]
+        if timeline is not None:
+            metadata["timeline"] = _timeline_entries(timeline)
+        else:
+            metadata["num_items"] = len(result["items"])
         if plan.speed != 1.0:
             metadata["speed"] = plan.speed
         if synthesis.voice_cache is not None:
@@ -221,9 +241,51 @@ class Worker:
             elapsed,
             synthesis.retries,
         )
-        if plan.captions is not None:
+        if plan.captions is not None and timeline is not None:
             result["captions"] = captions.render(captions.cues([t for t, _ in timeline]), plan.captions)
         return {**result, "metadata": metadata}
+
+    def _deliver_items(self, synthesis: Synthesis, plan: JobPlan, job_id: str) -> tuple[dict[str, Any], int]:
+        """`join: false`: each segment finished (resampled, levelled, encoded, timed, captioned) as a job of
+        its own, then all delivered together. Returns `{"items": [...]}` and the output rate."""
+        rendered = []
+        for i in range(len(plan.segments)):
+            alone, one = synthesis.only_segment(i), dataclasses.replace(plan, segments=[plan.segments[i]])
+            samples, rate, audio, timed = self._render(alone, one)
+            rendered.append((samples, rate, audio, self._timeline(alone, one, timed)))
+        delivered = self.deliverer.deliver_items(
+            [audio for _, _, audio, _ in rendered],
+            fmt=plan.output_format,
+            content_type=encoders.CONTENT_TYPES[plan.output_format],
+            job_id=job_id,
+            mode=plan.delivery,
+        )
+        items = []
+        for i, ((samples, rate, audio, timeline), out) in enumerate(zip(rendered, delivered, strict=True)):
+            item: dict[str, Any] = dict(out)
+            if plan.captions is not None:
+                item["captions"] = captions.render(captions.cues([t for t, _ in timeline]), plan.captions)
+            item["metadata"] = {
+                "segment": i,
+                "text_chars": len(plan.segments[i].text),
+                "num_chunks": len(synthesis.chunks[i]),
+                "duration_seconds": round(len(samples) / rate, 3),
+                "size_bytes": len(audio),
+                "timeline": _timeline_entries(timeline, segment=i),
+            }
+            items.append(item)
+        return {"items": items}, rendered[0][1]
+
+    def _check_clone_models(self, plan: JobPlan) -> None:
+        """voice_consistency "clone" needs the Base model a designed voice is cloned on: checked before any
+        generation, whatever the job's length turns out to be in chunks, so the same job never fails late."""
+        for variant in dict.fromkeys(s.clone_model for s in plan.segments if s.clone_model is not None):
+            if find_model_path(variant, self.settings) is None and not self.settings.auto_download:
+                raise ModelError(
+                    f'voice_consistency "clone" keeps a designed voice by cloning it on {variant.name}, which is '
+                    f"not in {self.settings.model_dir} or the Hugging Face caches. Download it to the network "
+                    f'volume: {download_hint(variant, self.settings)}; or send "voice_consistency": "none"'
+                )
 
     @staticmethod
     def _timeline(

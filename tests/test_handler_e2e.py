@@ -186,12 +186,23 @@ def test_info_action_rejects_extra_fields(worker):
     assert "text" in result["error"]["message"]
 
 
-def test_openai_shaped_request_speaks_through_the_handler(live_eos_worker):
+def test_openai_shaped_request_speaks_through_the_handler(live_eos_model_dir):
+    # OpenAI's request carries no seed, and about half of the random model's generations never reach EOS (a
+    # runaway, retried): enough retries make a failed job (0.45^11) practically impossible.
+    settings = Settings.from_env(
+        {
+            "QWEN_TTS_MODEL_DIR": str(live_eos_model_dir),
+            "QWEN_TTS_PRELOAD": "none",
+            "QWEN_TTS_MIN_SECONDS_PER_CHAR": "0",
+            "QWEN_TTS_MAX_RETRIES": "10",
+            "HF_HOME": str(live_eos_model_dir / "no-hf"),
+        }
+    )
     job = {
         "openai_route": "/v1/audio/speech",
         "openai_input": {"model": "tts-1", "input": "Hello from the OpenAI shape.", "voice": "alloy", "speed": 1.5},
     }
-    result = run(live_eos_worker(), job)
+    result = run(Worker(settings), job)
     data = base64.b64decode(result["audio_base64"])
     assert data[:3] == b"ID3" or data[0] == 0xFF  # mp3, OpenAI's default response_format
     meta = result["metadata"]

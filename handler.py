@@ -185,18 +185,30 @@ def build(env: Mapping[str, str], progress: ProgressFn | None = None) -> tuple[W
     return worker, make_handler(worker, report_progress=bool(env.get("RUNPOD_WEBHOOK_GET_JOB")), progress=progress)
 
 
-def _process_worker() -> Worker:
+def configured(env: Mapping[str, str]) -> tuple[Worker | None, Handler]:
+    """This environment's worker and its handler; a misconfigured environment gives no worker and a handler
+    that answers every job with `internal` naming the problem."""
+    try:
+        return build(env)
+    except ValueError as exc:
+        log.critical("CONFIGURATION ERROR, answering every job with this error: %s", exc)
+        return None, misconfigured(str(exc))
+
+
+def _process_worker() -> tuple[Worker | None, Handler]:
     global _worker, _handler
     with _lock:
-        if _worker is None:
-            _worker, _handler = build(os.environ)
-    return _worker
+        if _handler is None:
+            _worker, _handler = configured(os.environ)
+    return _worker, _handler
 
 
 async def handler(job: dict[str, Any]) -> dict[str, Any]:
     """The RunPod handler, on the worker configured from the process environment: `await handler(job)` from
     any event loop (one for all jobs, or `asyncio.run` per call)."""
-    worker = await asyncio.to_thread(_process_worker)
+    worker, handle = await asyncio.to_thread(_process_worker)
+    if worker is None:
+        return error_json(handle(job))
     return await make_async_handler(worker)(job)
 
 
@@ -211,30 +223,70 @@ def configure_logging(env: Mapping[str, str]) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def misconfigured(problem: str) -> Handler:
+    """The handler of a worker whose environment is invalid: every job gets `internal` naming the problem."""
+    message = f"the worker is misconfigured: {problem}. Fix the endpoint's environment variables."
+
+    def handle(job: dict[str, Any]) -> dict[str, Any]:
+        log.error("job %s refused: %s", job.get("id") or "local", message)
+        return error("internal", message)
+
+    return handle
+
+
+def preload(worker: Worker) -> None:
+    """Warm the configured models; on failure the worker stays up and answers every synthesis job with
+    `model_unavailable` and the reason (a crash would only make RunPod restart it in a loop, jobs unanswered)."""
+    try:
+        worker.preload()
+    except TTSError as exc:
+        reason = exc.message
+    except Exception as exc:  # a CUDA out-of-memory or a library error during the warm-up generation
+        log.exception("preload failed")
+        reason = startup_failure(exc)
+    else:
+        return
+    log.critical("PRELOAD FAILED, answering every job with model_unavailable: %s", reason)
+    worker.fail_startup(reason)
+
+
+def startup_failure(exc: Exception) -> str:
+    if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
+        return (
+            "the GPU ran out of memory while warming up the preloaded models (OutOfMemoryError); preload fewer "
+            "models (QWEN_TTS_PRELOAD) or use a GPU with more memory"
+        )
+    return f"warming up the preloaded models failed ({type(exc).__name__})"
+
+
+def start(env: Mapping[str, str]) -> Handler:
+    """The process's handler: a configured, preloaded worker's, or one that explains why it can't work."""
+    worker, handle = configured(env)
+    if worker is not None:
+        preload(worker)
+    return handle
+
+
 def main() -> int:
     global _handler, _worker
     configure_logging(os.environ)
-    try:
-        worker, _handler = build(os.environ)
-        _worker = worker
-        if worker.settings.mode == "http":
-            from audio.http_server import serve
+    worker, _handler = configured(os.environ)
+    _worker = worker
+    if worker is None and os.environ.get("QWEN_TTS_MODE", "").strip().lower() == "http":
+        return 2  # no settings, so no port to serve the error on: the log line above says what to fix
+    if worker is not None and worker.settings.mode == "http":
+        from audio.http_server import serve
 
-            return serve(worker)
-        worker.preload()
-    except ValueError as exc:  # a misconfigured environment
-        log.error("configuration error: %s", exc)
-        return 2
-    except TTSError as exc:
-        log.error("preload failed, not taking jobs: %s", exc.message)
-        return 1
+        return serve(worker)  # /ping answers (204) while the preload runs on a thread
+    if worker is not None:
+        preload(worker)
 
     # The runpod SDK logs each job's input and output at its default level, DEBUG: that would put callers'
     # text and audio in the worker's logs.
     os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
     import runpod
 
-    runpod.serverless.start(runpod_config(worker))
+    runpod.serverless.start(runpod_config(worker) if worker is not None else {"handler": for_runpod(_handler)})
     return 0
 
 

@@ -63,6 +63,8 @@ class Speaker:
     name: str
     native_language: str
     description: str
+    # qwen_tts speaks this dialect instead of Mandarin when the language is Auto or Chinese.
+    dialect: str | None = None
 
 
 SPEAKERS: dict[str, Speaker] = {
@@ -71,8 +73,8 @@ SPEAKERS: dict[str, Speaker] = {
         Speaker("Vivian", "Chinese", "Bright, slightly edgy young female voice"),
         Speaker("Serena", "Chinese", "Warm, gentle young female voice"),
         Speaker("Uncle_Fu", "Chinese", "Seasoned male voice with a low, mellow timbre"),
-        Speaker("Dylan", "Chinese (Beijing dialect)", "Youthful Beijing male voice, clear and natural"),
-        Speaker("Eric", "Chinese (Sichuan dialect)", "Lively Chengdu male voice, slightly husky"),
+        Speaker("Dylan", "Chinese (Beijing dialect)", "Youthful Beijing male voice, clear and natural", "Beijing"),
+        Speaker("Eric", "Chinese (Sichuan dialect)", "Lively Chengdu male voice, slightly husky", "Sichuan"),
         Speaker("Ryan", "English", "Dynamic male voice with strong rhythmic drive"),
         Speaker("Aiden", "English", "Sunny American male voice with a clear midrange"),
         Speaker("Ono_Anna", "Japanese", "Playful Japanese female voice, light and nimble"),
@@ -81,7 +83,8 @@ SPEAKERS: dict[str, Speaker] = {
 }
 DEFAULT_VOICE = "Ryan"
 
-# The seed handler's generic names and OpenAI's voice names, mapped to the closest preset speaker.
+# The seed handler's generic names and OpenAI's voice names, mapped to the closest preset speaker. Never to a
+# dialect speaker: a caller naming an OpenAI voice expects standard speech.
 VOICE_ALIASES: dict[str, str] = {
     "male_1": "Ryan",
     "male_2": "Aiden",
@@ -92,12 +95,12 @@ VOICE_ALIASES: dict[str, str] = {
     "ballad": "Uncle_Fu",
     "coral": "Vivian",
     "echo": "Ryan",
-    "fable": "Dylan",
+    "fable": "Aiden",
     "nova": "Serena",
     "onyx": "Uncle_Fu",
     "sage": "Ono_Anna",
     "shimmer": "Sohee",
-    "verse": "Eric",
+    "verse": "Ryan",
 }
 
 

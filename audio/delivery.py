@@ -160,14 +160,16 @@ class S3Config:
         )
 
 
-def object_key(prefix: str, job_id: str, fmt: str) -> str:
-    """`{prefix}{job_id}.{ext}`, the job id reduced to [A-Za-z0-9._-] with no leading dot."""
+def object_key(prefix: str, job_id: str, fmt: str, item: int | None = None) -> str:
+    """`{prefix}{job_id}.{ext}`, the job id reduced to [A-Za-z0-9._-] with no leading dot; one item of a
+    `join: false` job is `{prefix}{job_id}/{item}.{ext}`."""
     safe = _UNSAFE_KEY_CHARS.sub("_", job_id).lstrip(".")[:128]
     if not safe or safe != job_id:
         # Two ids that differ only in replaced characters must not overwrite each other's audio.
         safe = f"{safe or 'job'}-{hashlib.sha256(job_id.encode()).hexdigest()[:12]}"
     fmt = fmt.lower()
-    return f"{prefix}{safe}.{_EXTENSIONS.get(fmt, fmt)}"
+    name = safe if item is None else f"{safe}/{item}"
+    return f"{prefix}{name}.{_EXTENSIONS.get(fmt, fmt)}"
 
 
 def _base64_size(n: int) -> int:
@@ -212,26 +214,39 @@ class Deliverer:
         """`{"audio_base64": ...}` or `{"audio_url": presigned GET URL}` for `mode` base64, s3 or auto."""
         self.check_mode(mode)
         if self._s3 is not None and mode in ("s3", "auto"):
-            url = self._upload(self._s3, audio, fmt=fmt, content_type=content_type, job_id=job_id)
-            return {"audio_url": url}
-        return {"audio_base64": self._inline(audio)}
+            key = object_key(self._s3.key_prefix, job_id, fmt)
+            return {"audio_url": self._upload(self._s3, audio, content_type=content_type, key=key)}
+        self._check_inline(_base64_size(len(audio)))
+        return {"audio_base64": base64.b64encode(audio).decode("ascii")}
 
-    def _inline(self, audio: bytes) -> str:
-        size = _base64_size(len(audio))  # checked before encoding, so an oversized result is never built
+    def deliver_items(self, audios: list[bytes], *, fmt: str, content_type: str, job_id: str, mode: str) -> list[dict]:
+        """`deliver` for each item of a `join: false` job: S3 objects `{prefix}{job_id}/{i}.{ext}`, or base64
+        under the inline limit for all of them together (they travel in one response)."""
+        self.check_mode(mode)
+        if self._s3 is not None and mode in ("s3", "auto"):
+            keys = [object_key(self._s3.key_prefix, job_id, fmt, item=i) for i in range(len(audios))]
+            return [
+                {"audio_url": self._upload(self._s3, audio, content_type=content_type, key=key)}
+                for audio, key in zip(audios, keys, strict=True)
+            ]
+        self._check_inline(sum(_base64_size(len(a)) for a in audios), items=len(audios))
+        return [{"audio_base64": base64.b64encode(a).decode("ascii")} for a in audios]
+
+    def _check_inline(self, size: int, items: int = 1) -> None:
+        # Checked before encoding, so an oversized result is never built.
         if size > self._max_inline_bytes:
             if self._s3 is not None:
                 fix = 'Use delivery "s3" (S3 is configured on this worker)'
             else:
                 fix = f'Configure S3 on the worker (set {_S3_VARIABLES}) and use delivery "s3"'
+            what = "The audio is" if items == 1 else f"The {items} audio items are together"
             raise PayloadTooLargeError(
-                f"The audio is {size} bytes as base64, over this worker's inline limit of "
+                f"{what} {size} bytes as base64, over this worker's inline limit of "
                 f'{self._max_inline_bytes} bytes. {fix}, or ask for a compressed output_format ("mp3" or '
                 '"opus"), or send shorter text.'
             )
-        return base64.b64encode(audio).decode("ascii")
 
-    def _upload(self, s3: S3Config, audio: bytes, *, fmt: str, content_type: str, job_id: str) -> str:
-        key = object_key(s3.key_prefix, job_id, fmt)
+    def _upload(self, s3: S3Config, audio: bytes, *, content_type: str, key: str) -> str:
         try:
             client = self._get_client(s3)
             client.put_object(Bucket=s3.bucket, Key=key, Body=audio, ContentType=content_type)

@@ -9,22 +9,25 @@ reaches here; no sleeps, no silent drops: a chunk that still fails after its ret
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
 
 from audio import joiner
-from audio.errors import SynthesisError
+from audio.catalog import VOICE_DESIGN
+from audio.errors import InputError, SynthesisError
 from audio.quality import QualityLimits, check_chunk, frame_budget
-from audio.reference import Reference, decode_reference
+from audio.reference import Reference, decode_reference, from_generated
 from audio.schema import JobPlan, SegmentPlan
 from audio.speech import ChunkRequest, SpeechModel, Voice
-from audio.splitter import split_text, text_weight
+from audio.splitter import CLAUSE, FORCED, SENTENCE, split_chunks
+from audio.spoken import is_speakable, spoken_weight
 from audio.voice_cache import ClonePromptCache
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,8 @@ class GeneratorConfig:
     chunk_max_chars: int = 250
     crossfade_ms: float = 40.0
     edge_pad_ms: float = 60.0
+    sentence_pause_ms: float = 300.0  # silence after a chunk that ends a sentence (between the edge pads)
+    clause_pause_ms: float = 120.0  # after a chunk cut at a clause break; a forced cut crossfades instead
     limits: QualityLimits = field(default_factory=QualityLimits)
 
 
@@ -46,8 +51,10 @@ class Chunk:
     index: int  # position in the job
     segment: int
     text: str
-    span: tuple[int, int]  # character range in its segment's text, for error messages
-    weight: float
+    span: tuple[int, int]  # character range in its segment's text, for error messages and the timeline
+    weight: float  # as read aloud (`spoken_weight`): sets the frame budget and the quality checks
+    boundary: str = SENTENCE  # why the chunk ends: the pause after it
+    speakable: bool = True  # False: nothing to say, never sent to a model; it becomes a pause
     audio: np.ndarray | None = None
 
 
@@ -63,12 +70,29 @@ class Synthesis:
     model_time_s: float
     warnings: list[str] = field(default_factory=list)  # e.g. a long reference cut
     voice_cache: str | None = None  # "hit" when no clone prompt was built, "miss" when one was; None: no clone
+    # Per segment, between its chunks j and j+1: ms of silence, or None for a crossfade (a forced cut).
+    gaps_ms: list[list[float | None]] | None = None
+    spans: list[list[tuple[int, int]]] | None = None  # per segment, each chunk's character range in its text
+    models: list[str] = field(default_factory=list)  # the models that generated, a designed voice's clone too
+
+    def only_segment(self, index: int) -> Synthesis:
+        """Segment `index` alone, as if it were the whole job (one item of a `join: false` job)."""
+        return replace(
+            self,
+            chunks=[self.chunks[index]],
+            pauses_ms=[0],
+            gaps_ms=None if self.gaps_ms is None else [self.gaps_ms[index]],
+            spans=None if self.spans is None else [self.spans[index]],
+        )
 
 
 class ChunkListener(Protocol):
-    """Who takes a job's chunks as they pass their checks (streaming): `chunk` once per chunk, batch by batch in
-    text order (the first chunk alone); with `live_piece_frames` set and an engine that streams, the first
-    chunk's audio also arrives in `piece`s while it is generated (its check then runs at its end, no retry)."""
+    """Who takes a job's chunks as they are done (streaming): `chunk` once per chunk with its audio set, a batch's
+    chunks in text order as it passes its checks (the first speakable chunk alone, in the first batch); a chunk
+    with nothing to say as soon as the job's sample rate is known, before any generation. Across batches the
+    order follows the work (model by model), not the text: the listener restores text order. With
+    `live_piece_frames` set and an engine that streams, the first batch's chunk also arrives in `piece`s while it
+    is generated (its check then runs at its end, and a failure fails the job: no retry of audio already out)."""
 
     live_piece_frames: int | None
 
@@ -79,11 +103,19 @@ class ChunkListener(Protocol):
 
 def _chunks_for(segment_index: int, segment: SegmentPlan, config: GeneratorConfig, start: int) -> list[Chunk]:
     chunks = []
-    pos = 0
-    for text in split_text(segment.text, config.chunk_target_chars, config.chunk_max_chars):
-        begin = segment.text.index(text, pos)
-        pos = begin + len(text)
-        chunks.append(Chunk(start + len(chunks), segment_index, text, (begin, pos), text_weight(text)))
+    for piece in split_chunks(segment.text, config.chunk_target_chars, config.chunk_max_chars):
+        text = segment.text[piece.start : piece.end]
+        chunks.append(
+            Chunk(
+                start + len(chunks),
+                segment_index,
+                text,
+                (piece.start, piece.end),
+                spoken_weight(text),
+                boundary=piece.boundary,
+                speakable=is_speakable(text),
+            )
+        )
     return chunks
 
 
@@ -98,17 +130,13 @@ def _batches(chunks: list[Chunk], max_batch: int) -> list[list[Chunk]]:
     return [ordered[i : i + max_batch] for i in range(0, len(ordered), max_batch)]
 
 
-def _text_order_batches(chunks: list[Chunk], key: Callable[[Chunk], tuple], max_batch: int) -> list[list[Chunk]]:
-    """Streaming's order: the first chunk alone (fast first audio), then windows of `max_batch` chunks in text
-    order, each split into runs that share a model, voice and language."""
-    batches: list[list[Chunk]] = []
-    windows = [chunks[:1]] + [chunks[i : i + max_batch] for i in range(1, len(chunks), max_batch)]
-    for window in windows:
-        groups: dict[tuple, list[Chunk]] = {}
-        for chunk in window:
-            groups.setdefault(key(chunk), []).append(chunk)
-        batches.extend(groups.values())
-    return batches
+def _text_order_batches(chunks: list[Chunk], max_batch: int, *, first_alone: bool) -> list[list[Chunk]]:
+    """Streaming's batches of one group: in text order (the listener gets audio as early as it can play), the
+    first chunk alone when `first_alone` (a fast first audio)."""
+    ordered = sorted(chunks, key=lambda c: c.index)
+    head = ordered[:1] if first_alone else []
+    rest = ordered[len(head) :]
+    return ([head] if head else []) + [rest[i : i + max_batch] for i in range(0, len(rest), max_batch)]
 
 
 def _decode_inline(segment: SegmentPlan, sample_rate: int) -> Reference:
@@ -138,46 +166,94 @@ class Generator:
         listener: ChunkListener | None = None,
     ) -> Synthesis:
         """`on_progress(done, total)` after each batch (it may raise to stop the job there: cancellation);
-        `listener` gets the chunks in text order as they pass (see ChunkListener)."""
+        `listener` gets the chunks as they are done (see ChunkListener)."""
         seed = plan.seed if plan.seed is not None else secrets.randbelow(2**32)
         chunks: list[Chunk] = []
         for i, segment in enumerate(plan.segments):
             chunks.extend(_chunks_for(i, segment, self.config, len(chunks)))
 
-        voices, warnings = self._voices(plan)
-        work, cache_hits = self._batches_of(plan, chunks, voices, text_order=listener is not None)
-        done = 0
+        done = sum(not c.speakable for c in chunks)
         retries = 0
         model_time_s = 0.0
-        for batch_no, (model, voice, language, prompt, batch) in enumerate(work):
-            pending = batch
-            for attempt in range(self.config.max_retries + 1):
-                started = time.perf_counter()
-                live = listener if listener is not None and batch_no == 0 and attempt == 0 else None
-                streamed = live is not None and bool(live.live_piece_frames) and model.capabilities.streams
-                failures = self._generate(model, voice, language, prompt, pending, plan, seed, attempt, live)
-                model_time_s += time.perf_counter() - started
-                if not failures:
-                    break
-                if attempt == self.config.max_retries or streamed:
-                    chunk, reason = failures[0]
-                    message = self._failure_message(chunk, len(chunks), plan, reason, attempt + 1)
-                    if streamed:  # its audio is already out: a retry would play a second take after it
-                        message += " (it was streamed as it was made, so it could not be retried; run the job again)"
-                    raise SynthesisError(message)
-                retries += len(failures)
-                log.warning("retrying %d chunk(s) of batch %d: %s", len(failures), batch_no, failures[0][1])
-                pending = [c for c, _ in failures]
-            done += len(batch)
-            if listener is not None:
-                for chunk in sorted(batch, key=lambda c: c.index):
-                    listener.chunk(chunk)
-            if on_progress is not None:
-                on_progress(done, len(chunks))
+        batch_no = 0
+        sample_rate = None
+        warnings: list[str] = []
+        hits: list[bool] = []
+        references: dict[tuple, Reference] = {}
+        # A designed voice kept across chunks (voice_consistency "clone"): its later chunks run after all else,
+        # cloned from its first chunk's audio (ICL, that chunk's text as ref_text) on the Base model of its size.
+        designed = self._designed_voices(plan, chunks)
+        if plan.voice_consistency != "clone":
+            warnings.extend(self._drift_warning(plan, group) for group in designed)
+            designed = []
+        clone_of = {c.index: group[0] for group in designed for c in group[1:]}
+        work = self._batches_of(plan, [c for c in chunks if c.index not in clone_of])
+        work += self._batches_of(plan, [c for c in chunks if c.index in clone_of], clone_of)
+        for model_name, groups in work:
+            # One model at a time, fetched when its work starts and dropped when it ends: under a cap of one
+            # loaded model the cache can free it before the next model loads.
+            model = self.get_model(model_name)
+            if sample_rate is None:
+                sample_rate = model.sample_rate
+                for chunk in chunks:
+                    if not chunk.speakable:  # "…", "—", an emoji: a pause as long as after a sentence
+                        chunk.audio = np.zeros(round(sample_rate * self.config.sentence_pause_ms / 1000.0), np.float32)
+                        if listener is not None:
+                            listener.chunk(chunk)
+            elif model.sample_rate != sample_rate:  # pragma: no cover - every 12Hz model decodes at one rate
+                raise SynthesisError(f"model {model_name} speaks at {model.sample_rate} Hz, not {sample_rate}")
+            voices = self._voices(plan, sorted({c.segment for g in groups for c in g}), model, references, warnings)
+            prompts: dict[tuple, Any] = {}  # a clone voice's prompt is fetched once per job, whatever the language
+            for members in groups:
+                first = clone_of.get(members[0].index)
+                voice = voices[members[0].segment] if first is None else self._clone_voice(first, model, warnings)
+                language = plan.segments[members[0].segment].language
+                prompt = None
+                if voice.ref_audio is not None:
+                    if voice.key() not in prompts:
+                        prompts[voice.key()], hit = self.prompts.get(model_name, model, voice)
+                        hits.append(hit)
+                    prompt = prompts[voice.key()]
+                if listener is None:
+                    batches = _batches(members, self.config.max_batch)
+                else:
+                    batches = _text_order_batches(members, self.config.max_batch, first_alone=batch_no == 0)
+                for batch in batches:
+                    pending = batch
+                    for attempt in range(self.config.max_retries + 1):
+                        started = time.perf_counter()
+                        live = listener if batch_no == 0 and attempt == 0 else None
+                        streamed = live is not None and bool(live.live_piece_frames) and model.capabilities.streams
+                        failures = self._generate(model, voice, language, prompt, pending, plan, seed, attempt, live)
+                        model_time_s += time.perf_counter() - started
+                        if not failures:
+                            break
+                        if attempt == self.config.max_retries or streamed:
+                            chunk, reason = failures[0]
+                            message = self._failure_message(chunk, len(chunks), plan, reason, attempt + 1)
+                            if streamed:  # its audio is already out: a retry would play a second take after it
+                                message += (
+                                    " (it was streamed as it was made, so it could not be retried; run the job again)"
+                                )
+                            raise SynthesisError(message)
+                        retries += len(failures)
+                        log.warning("retrying %d chunk(s) of batch %d: %s", len(failures), batch_no, failures[0][1])
+                        pending = [c for c, _ in failures]
+                    batch_no += 1
+                    done += len(batch)
+                    if listener is not None:
+                        for chunk in sorted(batch, key=lambda c: c.index):
+                            listener.chunk(chunk)
+                    if on_progress is not None:
+                        on_progress(done, len(chunks))
+            del model, prompts, prompt
 
-        sample_rate = work[0][0].sample_rate
+        if sample_rate is None:  # plan_job refuses such a job; this guards direct callers
+            raise InputError("the text has nothing to speak")
         return Synthesis(
             chunks=self._trimmed(plan, chunks, sample_rate),
+            gaps_ms=self._gaps(plan, chunks),
+            spans=[[c.span for c in chunks if c.segment == i] for i in range(len(plan.segments))],
             pauses_ms=[seg.pause_ms for seg in plan.segments],
             crossfade=int(sample_rate * self.config.crossfade_ms / 1000.0),
             sample_rate=sample_rate,
@@ -185,69 +261,115 @@ class Generator:
             retries=retries,
             seed=seed,
             model_time_s=model_time_s,
-            warnings=warnings,
-            voice_cache=None if not cache_hits else ("hit" if all(cache_hits) else "miss"),
+            warnings=list(dict.fromkeys(warnings)),
+            voice_cache=None if not hits else ("hit" if all(hits) else "miss"),
+            models=list(dict.fromkeys(plan.models + [name for name, _ in work])),
         )
 
     def _batches_of(
-        self, plan: JobPlan, chunks: list[Chunk], voices: list[Voice], *, text_order: bool = False
-    ) -> tuple[list[tuple], list[bool]]:
-        """(model, voice, language, clone prompt, chunks) per generate call: chunks that share model, voice
-        and language are batched together, across segments too (`text_order`: see _text_order_batches). Also
-        whether each clone prompt was cached."""
+        self, plan: JobPlan, chunks: list[Chunk], clone_of: dict[int, Chunk] | None = None
+    ) -> list[tuple[str, list[list[Chunk]]]]:
+        """The job's work by model, in order of first use: per model, its chunks grouped by voice and language.
 
-        def key(chunk: Chunk) -> tuple:
+        Chunks that share model, voice and language are batched together, across segments too; a model's
+        groups all run before the next model's, so each model is needed for one stretch of the job only.
+        A chunk with nothing to say goes to no model. A chunk in `clone_of` runs on its segment's
+        `clone_model`, in the voice of the designed chunk it maps to."""
+        clone_of = clone_of or {}
+        groups: dict[str, dict[tuple, list[Chunk]]] = {}
+        for chunk in chunks:
+            if not chunk.speakable:
+                continue
             seg = plan.segments[chunk.segment]
-            return (seg.model.name, voices[chunk.segment].key(), seg.language)
+            if chunk.index in clone_of:
+                key: tuple = ("clone of chunk", clone_of[chunk.index].index)
+                groups.setdefault(seg.clone_model.name, {}).setdefault((key, seg.language), []).append(chunk)
+                continue
+            # Segments with the same voice fields share a group (a reference is known by its source here).
+            key = (seg.speaker, seg.instruct, seg.ref_audio, seg.saved_voice, seg.ref_text, seg.x_vector_only)
+            groups.setdefault(seg.model.name, {}).setdefault((key, seg.language), []).append(chunk)
+        return [(name, list(by_voice.values())) for name, by_voice in groups.items()]
 
+    @staticmethod
+    def _designed_voices(plan: JobPlan, chunks: list[Chunk]) -> list[list[Chunk]]:
+        """The chunks of each VoiceDesign voice spoken in more than one chunk, in text order. A voice is a model
+        and a description: segments that share them share the voice."""
         groups: dict[tuple, list[Chunk]] = {}
-        if text_order:
-            for batch in _text_order_batches(chunks, key, self.config.max_batch):
-                groups[(*key(batch[0]), len(groups))] = batch
-        else:
-            for chunk in chunks:
-                groups.setdefault(key(chunk), []).append(chunk)
-        work = []
-        prompts: dict[tuple, Any] = {}  # a clone voice's prompt is fetched once per job, whatever the language
-        hits = []
-        for (model_name, voice_key, language, *_), members in groups.items():
-            model = self.get_model(model_name)
-            voice = voices[members[0].segment]
-            prompt = None
-            if voice.ref_audio is not None:
-                if (model_name, voice_key) not in prompts:
-                    prompts[model_name, voice_key], hit = self.prompts.get(model_name, model, voice)
-                    hits.append(hit)
-                prompt = prompts[model_name, voice_key]
-            batches = [members] if text_order else _batches(members, self.config.max_batch)
-            work.extend((model, voice, language, prompt, batch) for batch in batches)
-        return work, hits
+        for chunk in chunks:
+            seg = plan.segments[chunk.segment]
+            if seg.model.kind == VOICE_DESIGN and chunk.speakable:
+                groups.setdefault((seg.model.name, seg.instruct), []).append(chunk)
+        return [group for group in groups.values() if len(group) > 1]
 
-    def _voices(self, plan: JobPlan) -> tuple[list[Voice], list[str]]:
-        references: dict[tuple, Reference] = {}
-        voices = []
-        warnings: list[str] = []
-        for seg in plan.segments:
+    @staticmethod
+    def _drift_warning(plan: JobPlan, group: list[Chunk]) -> str:
+        model = plan.segments[group[0].segment].model
+        segments = sorted({c.segment + 1 for c in group})
+        if len(plan.segments) == 1:
+            where = "the text"
+        else:
+            where = ("segments " if len(segments) > 1 else "segment ") + ", ".join(map(str, segments))
+        return (
+            f"{model.name} designs the voice anew for each chunk, so the {len(group)} chunks of {where} may drift "
+            f'between voices; "voice_consistency": "clone" designs the first chunk and clones it for the rest '
+            f"(on {model.size}-Base)"
+        )
+
+    @staticmethod
+    def _clone_voice(first: Chunk, model: SpeechModel, warnings: list[str]) -> Voice:
+        """The voice of a designed voice's later chunks: its first chunk's audio (made at this job's one rate)
+        and text, an ICL reference for `model`."""
+        ref = from_generated(first.audio, model.sample_rate)
+        warnings.extend(ref.warnings)
+        return Voice(ref_audio=(ref.samples, ref.sample_rate), ref_text=first.text, ref_key=ref.key)
+
+    def warm_up(self, plan: JobPlan) -> int:
+        """One short generation of each segment's text, with no quality gate: a few frames of warm-up prove the
+        model loads and runs, not that they sound like speech. Returns the model's sample rate."""
+        sample_rate = 0
+        for i, segment in enumerate(plan.segments):
+            model = self.get_model(segment.model.name)
+            voice = self._voices(plan, [i], model, {}, [])[i]
+            prompt = model.clone_prompt(voice) if voice.ref_audio is not None else None
+            request = ChunkRequest(segment.text, plan.max_new_tokens or 3, plan.seed or 0)
+            wavs = model.generate(
+                [request], language=segment.language, voice=voice, params=plan.sampling, clone_prompt=prompt
+            )
+            if len(wavs) != 1:  # pragma: no cover - an engine contract break
+                raise SynthesisError(f"warm-up of {segment.model.name} returned {len(wavs)} outputs for 1 text")
+            sample_rate = model.sample_rate
+        return sample_rate
+
+    def _voices(
+        self,
+        plan: JobPlan,
+        segments: list[int],
+        model: SpeechModel,
+        references: dict[tuple, Reference],
+        warnings: list[str],
+    ) -> dict[int, Voice]:
+        """The voice of each of these segments, for `model`: references decoded at its rate, once per job."""
+        voices = {}
+        for i in segments:
+            seg = plan.segments[i]
             ref = None
             if seg.ref_audio is not None or seg.saved_voice is not None:
-                rate = self.get_model(seg.model.name).sample_rate
+                rate = model.sample_rate
                 source = (seg.ref_audio, seg.saved_voice, rate)
                 if source not in references:
                     references[source] = self.reference_for(seg, rate)
                     warnings.extend(references[source].warnings)
                 ref = references[source]
-            voices.append(
-                Voice(
-                    speaker=seg.speaker,
-                    instruct=seg.instruct,
-                    ref_audio=(ref.samples, ref.sample_rate) if ref else None,
-                    ref_text=seg.ref_text,
-                    x_vector_only=seg.x_vector_only,
-                    ref_key=ref.key if ref else None,
-                    saved_voice=seg.saved_voice,
-                )
+            voices[i] = Voice(
+                speaker=seg.speaker,
+                instruct=seg.instruct,
+                ref_audio=(ref.samples, ref.sample_rate) if ref else None,
+                ref_text=seg.ref_text,
+                x_vector_only=seg.x_vector_only,
+                ref_key=ref.key if ref else None,
+                saved_voice=seg.saved_voice,
             )
-        return voices, warnings
+        return voices
 
     def _generate(
         self,
@@ -302,6 +424,18 @@ class Generator:
             if piece.samples.size:
                 live.piece(batch[piece.row], piece.samples)
         return [np.concatenate(p) if p else np.zeros(0, dtype=np.float32) for p in pieces]
+
+    def pause_after(self, chunk: Chunk) -> float | None:
+        """Ms of silence between this chunk and the next of its segment, by why it ends; None: a crossfade."""
+        pause = {SENTENCE: self.config.sentence_pause_ms, CLAUSE: self.config.clause_pause_ms, FORCED: None}
+        return pause[chunk.boundary]
+
+    def _gaps(self, plan: JobPlan, chunks: list[Chunk]) -> list[list[float | None]]:
+        gaps: list[list[float | None]] = [[] for _ in plan.segments]
+        for chunk, after in itertools.pairwise(chunks):
+            if after.segment == chunk.segment:
+                gaps[chunk.segment].append(self.pause_after(chunk))
+        return gaps
 
     def _trimmed(self, plan: JobPlan, chunks: list[Chunk], sample_rate: int) -> list[list[np.ndarray]]:
         per_segment: list[list[np.ndarray]] = [[] for _ in plan.segments]

@@ -94,22 +94,20 @@ def create_app(worker: Any, *, preload: bool = True) -> Any:
     from fastapi.responses import JSONResponse, Response, StreamingResponse
 
     from handler import cancellable, make_handler
+    from handler import preload as preload_worker
 
     settings = worker.settings
     health = Health()
     admission = Admission(settings.concurrency, settings.max_queue)
 
     def _preload() -> None:
-        try:
-            worker.preload()
+        preload_worker(worker)  # a failure is kept on the worker: its jobs then answer model_unavailable
+        if worker.startup_error is not None:
+            health.state, health.reason = "failed", worker.startup_error
+            log.error("preload failed, answering 503: %s", worker.startup_error)
+        else:
             health.state = "ready"
             log.info("ready: serving HTTP on port %d", settings.port)
-        except TTSError as exc:
-            health.state, health.reason = "failed", exc.message
-            log.error("preload failed, answering 503: %s", exc.message)
-        except Exception:
-            log.exception("preload failed")
-            health.state, health.reason = "failed", "the worker could not start its models; see its logs"
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:

@@ -4,7 +4,6 @@ between segments. Pure functions on numpy arrays; the output is built once, so c
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,39 +30,75 @@ def crossfade_len(a: int, b: int, crossfade: int) -> int:
     return max(0, min(crossfade, a, b))
 
 
-def joined_length(segments: Sequence[Sequence[int]], pauses: Sequence[int], crossfade: int) -> int:
-    """The length `join` will produce for chunks of these lengths: sum - crossfades + pauses."""
-    total = 0
+# A gap between two chunks of a segment: samples of silence between them, or CROSSFADE to overlap them.
+CROSSFADE = -1
+
+
+def layout(
+    segments: Sequence[Sequence[int]],
+    pauses: Sequence[int],
+    crossfade: int,
+    gaps: Sequence[Sequence[int]] | None = None,
+) -> list[list[tuple[int, int]]]:
+    """Where each chunk of these lengths lies in the joined track: (start, end) samples per chunk per segment.
+
+    `pauses[i]` zeros come before segment i > 0. Between chunks j and j+1 of segment i, `gaps[i][j]` zeros, or
+    an equal-power crossfade of `crossfade` samples (shortened to the shorter chunk) where it is `CROSSFADE`;
+    without `gaps`, every pair crossfades."""
+    return _layout(segments, pauses, crossfade, gaps)[0]
+
+
+def joined_length(
+    segments: Sequence[Sequence[int]],
+    pauses: Sequence[int],
+    crossfade: int,
+    gaps: Sequence[Sequence[int]] | None = None,
+) -> int:
+    """The length `join` will produce for chunks of these lengths: sum - crossfades + gaps + pauses."""
+    return _layout(segments, pauses, crossfade, gaps)[1]
+
+
+def _layout(segments, pauses, crossfade, gaps) -> tuple[list[list[tuple[int, int]]], int]:
+    out = []
+    pos = 0
     for i, lengths in enumerate(segments):
         if i > 0:
-            total += pauses[i]
-        total += sum(lengths)
-        total -= sum(crossfade_len(a, b, crossfade) for a, b in itertools.pairwise(lengths))
-    return total
+            pos += pauses[i]
+        spans = []
+        for j, n in enumerate(lengths):
+            if j > 0:
+                gap = gaps[i][j - 1] if gaps is not None else CROSSFADE
+                pos += gap if gap != CROSSFADE else -crossfade_len(lengths[j - 1], n, crossfade)
+            spans.append((pos, pos + n))
+            pos += n
+        out.append(spans)
+    return out, pos
 
 
-def join(segments: Sequence[Sequence[np.ndarray]], pauses: Sequence[int], crossfade: int) -> np.ndarray:
-    """One track: chunks of a segment crossfaded (equal power), `pauses[i]` zeros before segment i > 0.
+def join(
+    segments: Sequence[Sequence[np.ndarray]],
+    pauses: Sequence[int],
+    crossfade: int,
+    gaps: Sequence[Sequence[int]] | None = None,
+) -> np.ndarray:
+    """One track: chunks of a segment separated by their gap of silence or crossfaded (equal power),
+    `pauses[i]` zeros before segment i > 0; see `layout`.
 
     Never crossfades across segments: a new speaker starts after silence, not on top of the last one.
     """
     lengths = [[len(c) for c in seg] for seg in segments]
-    out = np.zeros(joined_length(lengths, pauses, crossfade), dtype=np.float32)
-    pos = 0
-    for i, seg in enumerate(segments):
-        if i > 0:
-            pos += pauses[i]
-        prev_len = 0
-        for chunk in seg:
-            fade = crossfade_len(prev_len, len(chunk), crossfade)
+    spans, total = _layout(lengths, pauses, crossfade, gaps)
+    out = np.zeros(total, dtype=np.float32)
+    for seg, seg_spans in zip(segments, spans, strict=True):
+        prev_end = None
+        for chunk, (start, end) in zip(seg, seg_spans, strict=True):
+            fade = prev_end - start if prev_end is not None and prev_end > start else 0
             if fade:
                 t = (np.arange(fade, dtype=np.float64) + 0.5) / fade
-                pos -= fade
-                out[pos : pos + fade] *= np.cos(t * np.pi / 2).astype(np.float32)
-                out[pos : pos + fade] += chunk[:fade] * np.sin(t * np.pi / 2).astype(np.float32)
-                out[pos + fade : pos + len(chunk)] = chunk[fade:]
+                out[start : start + fade] *= np.cos(t * np.pi / 2).astype(np.float32)
+                out[start : start + fade] += chunk[:fade] * np.sin(t * np.pi / 2).astype(np.float32)
+                out[start + fade : end] = chunk[fade:]
             else:
-                out[pos : pos + len(chunk)] = chunk
-            pos += len(chunk)
-            prev_len = len(chunk)
+                out[start:end] = chunk
+            prev_end = end
     return out

@@ -10,7 +10,7 @@ import gc
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from audio.catalog import MODELS, TOKENIZER_DIR_NAME, ModelVariant
 from audio.errors import ModelError
 from audio.settings import Settings
+from audio.splitter import CJK_WEIGHT
 
 if TYPE_CHECKING:
     from audio.engine.base import QwenSpeech
@@ -83,26 +84,46 @@ def pick_runtime(settings: Settings) -> Runtime:
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
     if dtype not in ("bfloat16", "float16", "float32"):
         raise ModelError(f"QWEN_TTS_DTYPE={settings.dtype} is not one of auto, bfloat16, float16, float32")
-    attention = "sdpa"
-    if device.startswith("cuda"):
-        try:
-            import flash_attn  # noqa: F401
+    return Runtime(
+        device=device,
+        dtype=dtype,
+        attention=choose_attention(device, dtype, device.startswith("cuda") and _flash_attn_installed()),
+    )
 
-            attention = "flash_attention_2"
-        except ImportError:
-            pass
-    return Runtime(device=device, dtype=dtype, attention=attention)
+
+def choose_attention(device: str, dtype: str, flash_attn_installed: bool) -> str:
+    """flash_attention_2 runs only on CUDA in half precision (it refuses fp32); everything else uses sdpa."""
+    if flash_attn_installed and device.startswith("cuda") and dtype in ("bfloat16", "float16"):
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def _flash_attn_installed() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:  # absent, or built against another torch/CUDA
+        return False
+    return True
 
 
 class ModelCache:
     """Per-worker cache of loaded models: at most `max_loaded_models`, least recently used evicted first."""
 
-    def __init__(self, settings: Settings, *, download: Callable[[str], Any] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        download: Callable[[str], Any] | None = None,
+        load: Callable[[Path, Path, Runtime], Any] | None = None,
+    ):
         self.settings = settings
         # Fetches a repo into the Hugging Face cache (HF_HOME) when QWEN_TTS_AUTO_DOWNLOAD is on.
         self._download = download or _snapshot_download
+        # Builds the qwen_tts model from its files; tests wrap it to inject load failures.
+        self._load_tts = load or _load_qwen_tts
         self._lock = threading.Lock()
         self._models: OrderedDict[str, QwenSpeech] = OrderedDict()
+        self._loads: Counter[str] = Counter()  # loads per model since the worker started
         self._runtime: Runtime | None = None
 
     @property
@@ -121,6 +142,10 @@ class ModelCache:
         with self._lock:
             return list(self._models)
 
+    def loads(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._loads)
+
     def get(self, name: str) -> QwenSpeech:
         with self._lock:
             model = self._models.get(name)
@@ -128,11 +153,14 @@ class ModelCache:
                 self._models.move_to_end(name)
                 return model
             while len(self._models) >= self.settings.max_loaded_models:
-                evicted, _ = self._models.popitem(last=False)
+                # No local may keep the evicted model alive: its memory is freed before the next one loads.
+                evicted = next(iter(self._models))
+                del self._models[evicted]
                 log.info("evicting model %s", evicted)
                 self._free_memory()
             model = self._load(MODELS[name])
             self._models[name] = model
+            self._loads[name] += 1
             return model
 
     def _free_memory(self) -> None:
@@ -168,9 +196,24 @@ class ModelCache:
         runtime = self.runtime
         started = time.perf_counter()
         try:
-            tts = _load_qwen_tts(path, tokenizer, runtime)
+            tts = self._load_tts(path, tokenizer, runtime)
+        except ImportError as exc:
+            # A broken install, not broken files: downloading again would not help.
+            log.exception("loading %s failed: a module of the inference stack is missing", variant.name)
+            missing = f" ({exc.name})" if exc.name else ""
+            raise ModelError(
+                f"model {variant.name} could not be loaded: a module of the inference stack could not be "
+                f"imported{missing} (ImportError). The worker image is missing a dependency; the model files "
+                "are not the problem."
+            ) from None
         except Exception as exc:  # the package raises many kinds; the caller needs one code
             log.exception("loading %s failed", variant.name)
+            if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
+                raise ModelError(
+                    f"model {variant.name} could not be loaded: the GPU ran out of memory (OutOfMemoryError). "
+                    "Keep fewer models loaded (QWEN_TTS_MAX_LOADED_MODELS, QWEN_TTS_PRELOAD) or use a GPU with "
+                    "more memory."
+                ) from None
             raise ModelError(
                 f"model {variant.name} could not be loaded ({type(exc).__name__}); its files may be incomplete. "
                 f"Download it again: {download_hint(variant, self.settings)}"
@@ -198,15 +241,19 @@ def make_engine(settings: Settings, variant: ModelVariant, tts: Any, runtime: Ru
         )
         return ReferenceEngine(variant, tts, runtime)
     graphs = settings.cuda_graphs == "auto" and runtime.device.startswith("cuda")
-    # The longest audio a chunk's budget allows (CJK text weighs up to 2 per character): what CUDA graphs' static
-    # cache is sized for; longer calls run eagerly.
-    longest_s = settings.max_s_per_char * 2 * settings.chunk_max_chars + settings.duration_slack_s
-    return FastEngine(
-        variant, tts, runtime, cuda_graphs=graphs, max_batch=settings.max_batch, graph_longest_s=longest_s
-    )
+    # The longest audio a full chunk's budget allows (at CJK weight): what CUDA graphs' static cache is sized for.
+    # Longer calls (numbers read aloud weigh more still, or a large params.max_new_tokens) run eagerly.
+    longest_s = settings.max_s_per_char * CJK_WEIGHT * settings.chunk_max_chars + settings.duration_slack_s
+    try:
+        return FastEngine(
+            variant, tts, runtime, cuda_graphs=graphs, max_batch=settings.max_batch, graph_longest_s=longest_s
+        )
+    except ValueError as exc:  # a checkpoint layout the fast loop doesn't implement (e.g. sliding windows)
+        log.warning("the fast engine can't run %s (%s): using the reference engine", variant.name, exc)
+        return ReferenceEngine(variant, tts, runtime)
 
 
-def _load_qwen_tts(path: Path, tokenizer: Path, runtime: Runtime) -> Any:
+def _load_qwen_tts(path: Path, tokenizer: Path, runtime: Runtime, *, scratch: Path | None = None) -> Any:
     import torch
     from qwen_tts import Qwen3TTSModel
 
@@ -219,20 +266,16 @@ def _load_qwen_tts(path: Path, tokenizer: Path, runtime: Runtime) -> Any:
     if tokenizer.parent == path:
         return Qwen3TTSModel.from_pretrained(str(path), **kwargs)
     # A model dir without speech_tokenizer/: load the talker, then the sibling tokenizer, without writing to
-    # the (possibly read-only) volume. qwen_tts insists on speech_tokenizer/config.json, so give it a view.
-    return _load_with_sibling_tokenizer(path, tokenizer, kwargs)
-
-
-def _load_with_sibling_tokenizer(path: Path, tokenizer: Path, kwargs: dict[str, Any]) -> Any:
+    # the (possibly read-only) volume. qwen_tts insists on speech_tokenizer/config.json, so give it a view of
+    # symlinks in a temporary dir (under `scratch`, else the system's), removed once the weights are in memory.
     import tempfile
 
-    from qwen_tts import Qwen3TTSModel
-
-    view = Path(tempfile.mkdtemp(prefix="qwen-tts-view-"))
-    for item in path.iterdir():
-        (view / item.name).symlink_to(item)
-    (view / "speech_tokenizer").symlink_to(tokenizer)
-    return Qwen3TTSModel.from_pretrained(str(view), **kwargs)
+    with tempfile.TemporaryDirectory(prefix="qwen-tts-view-", dir=scratch) as tmp:
+        view = Path(tmp)
+        for item in path.iterdir():
+            (view / item.name).symlink_to(item)
+        (view / "speech_tokenizer").symlink_to(tokenizer)
+        return Qwen3TTSModel.from_pretrained(str(view), **kwargs)
 
 
 def _snapshot_download(repo_id: str) -> None:

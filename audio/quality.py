@@ -33,6 +33,19 @@ def rms_db(samples: np.ndarray) -> float:
     return 20.0 * math.log10(rms) if rms > 0 else -math.inf
 
 
+def loudest_frame_db(samples: np.ndarray, sample_rate: int, frame_ms: float = 50.0) -> float:
+    """RMS level of the loudest `frame_ms` frame: a short word in a mostly quiet chunk is still speech, where
+    the RMS of the whole chunk would call it silent."""
+    frame = max(1, int(sample_rate * frame_ms / 1000.0))
+    if samples.size <= frame:
+        return rms_db(samples)
+    n = samples.size // frame
+    frames = np.square(samples[: n * frame], dtype=np.float64).reshape(n, frame).mean(axis=1)
+    tail = samples[n * frame :]
+    loudest = max(float(frames.max()), float(np.mean(np.square(tail, dtype=np.float64))) if tail.size else 0.0)
+    return 10.0 * math.log10(loudest) if loudest > 0 else -math.inf
+
+
 def check_chunk(
     samples: np.ndarray,
     sample_rate: int,
@@ -52,7 +65,7 @@ def check_chunk(
         return "no audio was generated"
     if not np.isfinite(samples).all():
         return "the audio contains invalid (non-finite) samples"
-    level = rms_db(samples)
+    level = loudest_frame_db(samples, sample_rate)
     if level < limits.silence_threshold_db:
         return f"the audio is silent ({level:.0f} dBFS)"
     duration_s = len(samples) / sample_rate

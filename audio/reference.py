@@ -400,6 +400,10 @@ def prepare(mono: np.ndarray, sample_rate: int) -> Reference:
             "a pause (every chunk is conditioned on the whole reference; 3-15 s works best). ref_text should be "
             "the transcript of that part only (or use x_vector_only)"
         )
+    return _padded(trimmed, sample_rate, duration_s, warnings)
+
+
+def _padded(trimmed: np.ndarray, sample_rate: int, duration_s: float, warnings: list[str]) -> Reference:
     padded = np.concatenate([trimmed, np.zeros(int(TAIL_SILENCE_S * sample_rate), dtype=np.float32)])
     digest = hashlib.sha256(padded.tobytes())
     digest.update(str(sample_rate).encode())
@@ -410,6 +414,24 @@ def prepare(mono: np.ndarray, sample_rate: int) -> Reference:
         source_duration_s=duration_s,
         warnings=tuple(warnings),
     )
+
+
+def from_generated(samples: np.ndarray, sample_rate: int) -> Reference:
+    """A clone reference made of the worker's own speech (a designed voice's first chunk, which passed the
+    chunk checks): trimmed and padded like any reference, but never cut, since its transcript is the whole
+    chunk, and a short one is kept with a warning rather than refused."""
+    mono = np.asarray(samples, dtype=np.float32)
+    peak = float(np.max(np.abs(mono))) if mono.size else 0.0
+    threshold_db = max(TRIM_FLOOR_DBFS, 20.0 * np.log10(max(peak, 1e-12)) - TRIM_BELOW_PEAK_DB)
+    trimmed = joiner.trim_edges(mono, sample_rate, threshold_db=threshold_db, pad_ms=TRIM_PAD_MS)
+    duration_s = len(trimmed) / sample_rate
+    warnings = []
+    if duration_s < MIN_REFERENCE_S:
+        warnings.append(
+            f"the designed voice's first chunk is {duration_s:.1f} s long: as the clone reference for the rest it "
+            f"holds the voice less well than {MIN_REFERENCE_S:.0f} s or more would (start with a longer sentence)"
+        )
+    return _padded(trimmed, sample_rate, duration_s, warnings)
 
 
 def decode_reference(value: str, sample_rate: int, policy: FetchPolicy | None = None) -> Reference:

@@ -6,7 +6,7 @@ which voice fields) live in `plan_job`. Every problem becomes an `InputError` a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -30,6 +30,7 @@ from audio.delivery import MODES as DELIVERY_MODES
 from audio.encoders import FORMATS as OUTPUT_FORMATS
 from audio.encoders import G711_FORMATS
 from audio.errors import InputError
+from audio.spoken import is_speakable
 from audio.voice_store import is_voice_id
 
 INFO_ACTIONS = ("health", "voices", "languages", "models")
@@ -91,6 +92,9 @@ class SynthesisJob(VoiceFields):
     wav_header: bool | None = None  # ulaw/alaw in a WAV file instead of raw bytes
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
     params: Params | None = None
+    join: bool | None = None  # false: one audio item per segment (a clone batch), not one joined track
+    voice_consistency: Literal["none", "clone"] | None = None  # VoiceDesign across chunks (see plan_job)
+    captions: Literal["srt", "vtt"] | None = None  # captions of the spoken text, returned beside the audio
 
     @field_validator("params")
     @classmethod
@@ -161,6 +165,9 @@ class SegmentPlan:
     x_vector_only: bool = False
     pause_ms: int = 300  # silence before this segment (ignored for the first)
     saved_voice: str | None = None  # a saved voice's voice_id (Base models); its reference is on the volume
+    # VoiceDesign with voice_consistency "clone": the Base model its designed voice is cloned on after the
+    # first chunk (the same size).
+    clone_model: ModelVariant | None = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +184,9 @@ class JobPlan:
     warnings: list[str] = field(default_factory=list)
     speed: float = 1.0  # tempo, pitch kept: only the OpenAI-shaped input sets it
     wav_header: bool = False  # ulaw/alaw wrapped in a WAV header
+    join: bool = True  # False: each segment is delivered as its own audio item
+    voice_consistency: str = "none"  # "clone": a designed voice's first chunk is the reference for the rest
+    captions: str | None = None  # "srt" | "vtt"
 
     @property
     def models(self) -> list[str]:
@@ -290,6 +300,13 @@ def _segment(
             names = ", ".join(s.name for s in SPEAKERS.values())
             aliases = ", ".join(VOICE_ALIASES)
             raise InputError(f"{where}unknown voice {voice!r}: use one of {names} (aliases: {aliases})")
+        dialect = SPEAKERS[speaker.lower()].dialect
+        if dialect and language == "Auto":
+            warnings.append(
+                f"voice {speaker} speaks the {dialect} dialect: with language Auto (or Chinese) qwen_tts uses "
+                f"{speaker}'s dialect for all text; set language for another language, or pick a voice without "
+                "a dialect for standard Mandarin"
+            )
         if instruct and not variant.honours_instruct:
             warnings.append(
                 f"model {variant.name} ignores instruct (only 1.7B-CustomVoice follows style instructions); "
@@ -346,6 +363,29 @@ def plan_job(job: SynthesisJob, *, default_model: str, max_chars: int) -> JobPla
         segments = [
             _segment(f"segments[{i}]: ", s.text, s, job, default_model, warnings) for i, s in enumerate(job.segments)
         ]
+    join = job.join is not False
+    if not join:
+        if job.segments is None:
+            raise InputError("join: false returns one audio item per segment: give segments, not text")
+        pausing = ["pause_ms"] if job.pause_ms is not None else []
+        pausing += [f"segments[{i}].pause_ms" for i, s in enumerate(job.segments) if s.pause_ms is not None]
+        if pausing:
+            where = ", ".join(pausing)
+            raise InputError(
+                f"{where}: pause_ms is the silence between joined segments and has no meaning with join: false "
+                "(each segment is its own audio item); leave it out"
+            )
+    consistency = job.voice_consistency or "none"
+    if consistency == "clone":
+        designed = [s for s in segments if s.model.kind == VOICE_DESIGN]
+        if not designed:
+            warnings.append('voice_consistency "clone" applies to VoiceDesign voices; this job has none')
+        segments = [
+            replace(s, clone_model=MODELS[f"{s.model.size}-Base"]) if s.model.kind == VOICE_DESIGN else s
+            for s in segments
+        ]
+    if not any(is_speakable(s.text) for s in segments):
+        raise InputError("the text has nothing to speak: it holds only punctuation, symbols, emoji or whitespace")
     total = sum(len(s.text) for s in segments)
     if total > max_chars:
         raise InputError(
@@ -364,6 +404,9 @@ def plan_job(job: SynthesisJob, *, default_model: str, max_chars: int) -> JobPla
         max_new_tokens=job.params.max_new_tokens,
         warnings=list(dict.fromkeys(warnings)),
         wav_header=_wav_header(job),
+        join=join,
+        voice_consistency=consistency,
+        captions=job.captions,
     )
 
 

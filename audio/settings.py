@@ -99,6 +99,8 @@ class Settings:
     chunk_max_chars: int = 250
     crossfade_ms: float = 40.0
     edge_pad_ms: float = 60.0
+    sentence_pause_ms: float = 300.0  # silence between chunks after a sentence end
+    clause_pause_ms: float = 120.0  # after a clause break (`,;:`); a forced mid-clause cut crossfades
     silence_threshold_db: float = -50.0
     # Plausible speech rate bounds for a chunk's duration check, in seconds per unit of text weight.
     min_s_per_char: float = 0.02
@@ -152,6 +154,8 @@ class Settings:
             chunk_target_chars=target,
             chunk_max_chars=_int(env, "QWEN_TTS_CHUNK_MAX_CHARS", max(250, target), minimum=target),
             crossfade_ms=_float(env, "QWEN_TTS_CROSSFADE_MS", 40.0),
+            sentence_pause_ms=_float(env, "QWEN_TTS_SENTENCE_PAUSE_MS", 300.0),
+            clause_pause_ms=_float(env, "QWEN_TTS_CLAUSE_PAUSE_MS", 120.0),
             min_s_per_char=_float(env, "QWEN_TTS_MIN_SECONDS_PER_CHAR", 0.02),
             max_s_per_char=_float(env, "QWEN_TTS_MAX_SECONDS_PER_CHAR", 0.25),
             max_inline_bytes=_int(env, "QWEN_TTS_MAX_INLINE_BYTES", 19_000_000, minimum=1),

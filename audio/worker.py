@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from audio import catalog, encoders, joiner, postprocess
+from audio import captions, catalog, encoders, joiner, postprocess
 from audio.delivery import Deliverer
 from audio.errors import InputError, ModelError
 from audio.generator import Generator, GeneratorConfig, Synthesis
 from audio.model_gate import gated
-from audio.model_loader import ModelCache, find_model_path, versions
+from audio.model_loader import ModelCache, download_hint, find_model_path, versions
 from audio.openai_compat import is_openai_job, to_job_input
 from audio.quality import QualityLimits
 from audio.reference import FetchPolicy, Reference, decode_audio, decode_reference, prepare, reference_bytes
@@ -64,6 +64,8 @@ def generator_config(settings: Settings) -> GeneratorConfig:
         chunk_max_chars=settings.chunk_max_chars,
         crossfade_ms=settings.crossfade_ms,
         edge_pad_ms=settings.edge_pad_ms,
+        sentence_pause_ms=settings.sentence_pause_ms,
+        clause_pause_ms=settings.clause_pause_ms,
         limits=QualityLimits(
             silence_threshold_db=settings.silence_threshold_db,
             min_s_per_char=settings.min_s_per_char,
@@ -80,6 +82,27 @@ def _warmup_reference() -> str:
     buf = io.BytesIO()
     sf.write(buf, tone, rate, format="WAV", subtype="PCM_16")
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def _timeline_entries(timeline: list[tuple[captions.TimedText, tuple[int, int]]], segment: int | None = None) -> list:
+    """`metadata.timeline`; `segment` names the segment of a `join: false` item (timed on its own)."""
+    return [
+        {
+            "segment": t.segment if segment is None else segment,
+            "start_s": round(t.start_s, 3),
+            "end_s": round(t.end_s, 3),
+            "chars": list(span),
+        }
+        for t, span in timeline
+    ]
+
+
+def gap_samples(synthesis: Synthesis) -> list[list[int]] | None:
+    """`joiner` gaps between chunks of each segment: zeros at the model's rate, or joiner.CROSSFADE."""
+    if synthesis.gaps_ms is None:
+        return None
+    rate = synthesis.sample_rate
+    return [[joiner.CROSSFADE if ms is None else round(rate * ms / 1000.0) for ms in seg] for seg in synthesis.gaps_ms]
 
 
 class Worker:
@@ -108,6 +131,7 @@ class Worker:
         )
         self.deliverer = Deliverer(settings.s3, settings.max_inline_bytes)
         self.started_at = time.time()
+        self.startup_error: str | None = None  # why preload failed; then no job is synthesized
 
     def _reference_for(self, segment: SegmentPlan, sample_rate: int) -> Reference:
         if segment.saved_voice is not None:
@@ -136,20 +160,19 @@ class Worker:
         """Load and warm the configured models before taking jobs; raises ModelError if one can't load."""
         for name in self.settings.preload:
             started = time.perf_counter()
-            model = self.models.get(name)
-            job: dict[str, Any] = {"model": name, "text": "Hello.", "params": {"max_new_tokens": 4}}
+            job: dict[str, Any] = {"model": name, "text": "Hello.", "seed": 0, "params": {"max_new_tokens": 4}}
             kind = catalog.MODELS[name].kind
             if kind == catalog.VOICE_DESIGN:
                 job["instruct"] = "A clear, neutral voice."
             elif kind == catalog.BASE:
                 job.update(ref_audio=_warmup_reference(), x_vector_only=True)
-            self.generator.run(plan_job(parse_job(job), default_model=name, max_chars=self.settings.max_chars))
-            log.info(
-                "preloaded %s (sample rate %d) in %.1fs",
-                name,
-                model.sample_rate,
-                time.perf_counter() - started,
-            )
+            plan = plan_job(parse_job(job), default_model=name, max_chars=self.settings.max_chars)
+            sample_rate = self.generator.warm_up(plan)
+            log.info("preloaded %s (sample rate %d) in %.1fs", name, sample_rate, time.perf_counter() - started)
+
+    def fail_startup(self, reason: str) -> None:
+        """Preload failed: keep answering, every synthesis job with `model_unavailable` and this reason."""
+        self.startup_error = reason
 
     # -- jobs -----------------------------------------------------------------------------------------------
     def handle(self, job_input: Any, job_id: str, on_progress: ProgressFn | None = None) -> dict[str, Any]:
@@ -168,7 +191,10 @@ class Worker:
 
     def plan_synthesis(self, job_input: Any, *, stream_default_format: str | None = None) -> JobPlan:
         """A synthesis job (plain or OpenAI-shaped) checked and planned, saved voices filled in. For a stream
-        job whose output_format is not given, `stream_default_format` replaces the contract's wav."""
+        job whose output_format is not given, `stream_default_format` replaces the contract's wav. A worker
+        whose preload failed refuses here (model_unavailable), whatever the entry point."""
+        if self.startup_error is not None:
+            raise ModelError(f"this worker could not start: {self.startup_error}")
         speed = 1.0
         if is_openai_job(job_input):
             job_input, speed = to_job_input(job_input, self.settings.default_model)
@@ -181,24 +207,44 @@ class Worker:
             plan = dataclasses.replace(plan, sample_rate=encoders.G711_SAMPLE_RATE)
         return self._with_saved_voices(dataclasses.replace(plan, speed=speed))
 
-    def synthesize(self, plan: JobPlan, job_id: str, on_progress: ProgressFn | None = None) -> dict[str, Any]:
-        # Fail before generating what can't be encoded, stretched or delivered: that would waste the GPU work.
+    def check_synthesis(self, plan: JobPlan) -> None:
+        """Fail before generating what can't be encoded, stretched or delivered: that would waste the GPU work."""
         encoders.check_encodable(plan.output_format, plan.sample_rate)
         postprocess.check_time_stretch(plan.speed)
         self.deliverer.check_mode(plan.delivery)
+        self._check_clone_models(plan)
+
+    def synthesize(self, plan: JobPlan, job_id: str, on_progress: ProgressFn | None = None) -> dict[str, Any]:
+        self.check_synthesis(plan)
         started = time.perf_counter()
         synthesis = self.generator.run(plan, on_progress=on_progress)
-        samples, sample_rate, audio = self._render(synthesis, plan)
-        result = self.deliverer.deliver(
-            audio,
-            fmt=plan.output_format,
-            content_type=encoders.WAV_CONTENT_TYPE if plan.wav_header else encoders.CONTENT_TYPES[plan.output_format],
-            job_id=job_id,
-            mode=plan.delivery,
-        )
+        timeline = None
+        if plan.join:
+            samples, sample_rate, audio, timed = self._render(synthesis, plan)
+            result = self.deliverer.deliver(
+                audio,
+                fmt=plan.output_format,
+                content_type=self.content_type(plan),
+                job_id=job_id,
+                mode=plan.delivery,
+            )
+            duration_s, size_bytes = len(samples) / sample_rate, len(audio)
+            timeline = self.timeline_of(synthesis, plan, timed)
+        else:
+            result, sample_rate = self._deliver_items(synthesis, plan, job_id)
+            duration_s = sum(item["metadata"]["duration_seconds"] for item in result["items"])
+            size_bytes = sum(item["metadata"]["size_bytes"] for item in result["items"])
         elapsed = time.perf_counter() - started
-        duration_s = len(samples) / sample_rate
-        metadata = self.metadata(plan, synthesis, duration_s, sample_rate, len(audio), elapsed)
+        metadata = self.metadata(
+            plan,
+            synthesis,
+            duration_s,
+            sample_rate,
+            size_bytes,
+            elapsed,
+            timeline=timeline,
+            num_items=None if timeline is not None else len(result["items"]),
+        )
         log.info(
             "job %s: %d segment(s), %d chunk(s), %.1fs audio in %.1fs (%d retries)",
             job_id,
@@ -208,13 +254,83 @@ class Worker:
             elapsed,
             synthesis.retries,
         )
+        if plan.captions is not None and timeline is not None:
+            result["captions"] = captions.render(captions.cues([t for t, _ in timeline]), plan.captions)
         return {**result, "metadata": metadata}
+
+    def _deliver_items(self, synthesis: Synthesis, plan: JobPlan, job_id: str) -> tuple[dict[str, Any], int]:
+        """`join: false`: each segment finished (resampled, levelled, encoded, timed, captioned) as a job of
+        its own, then all delivered together. Returns `{"items": [...]}` and the output rate."""
+        rendered = []
+        for i in range(len(plan.segments)):
+            alone, one = synthesis.only_segment(i), dataclasses.replace(plan, segments=[plan.segments[i]])
+            samples, rate, audio, timed = self._render(alone, one)
+            rendered.append((samples, rate, audio, self.timeline_of(alone, one, timed)))
+        delivered = self.deliverer.deliver_items(
+            [audio for _, _, audio, _ in rendered],
+            fmt=plan.output_format,
+            content_type=self.content_type(plan),
+            job_id=job_id,
+            mode=plan.delivery,
+        )
+        items = []
+        for i, ((samples, rate, audio, timeline), out) in enumerate(zip(rendered, delivered, strict=True)):
+            item: dict[str, Any] = dict(out)
+            if plan.captions is not None:
+                item["captions"] = captions.render(captions.cues([t for t, _ in timeline]), plan.captions)
+            item["metadata"] = {
+                "segment": i,
+                "text_chars": len(plan.segments[i].text),
+                "num_chunks": len(synthesis.chunks[i]),
+                "duration_seconds": round(len(samples) / rate, 3),
+                "size_bytes": len(audio),
+                "timeline": _timeline_entries(timeline, segment=i),
+            }
+            items.append(item)
+        return {"items": items}, rendered[0][1]
+
+    def _check_clone_models(self, plan: JobPlan) -> None:
+        """voice_consistency "clone" needs the Base model a designed voice is cloned on: checked before any
+        generation, whatever the job's length turns out to be in chunks, so the same job never fails late."""
+        for variant in dict.fromkeys(s.clone_model for s in plan.segments if s.clone_model is not None):
+            if find_model_path(variant, self.settings) is None and not self.settings.auto_download:
+                raise ModelError(
+                    f'voice_consistency "clone" keeps a designed voice by cloning it on {variant.name}, which is '
+                    f"not in {self.settings.model_dir} or the Hugging Face caches. Download it to the network "
+                    f'volume: {download_hint(variant, self.settings)}; or send "voice_consistency": "none"'
+                )
+
+    @staticmethod
+    def timeline_of(
+        synthesis: Synthesis, plan: JobPlan, timed: list[list[tuple[float, float]]]
+    ) -> list[tuple[captions.TimedText, tuple[int, int]]]:
+        """One entry per chunk, in order: its text and time, and its character range in its segment's text."""
+        out = []
+        spans = synthesis.spans or [[] for _ in timed]
+        for i, (seg_times, seg_spans) in enumerate(zip(timed, spans, strict=True)):
+            text = plan.segments[i].text
+            for (start_s, end_s), (a, b) in zip(seg_times, seg_spans, strict=True):
+                out.append((captions.TimedText(i, start_s, end_s, text[a:b]), (a, b)))
+        return out
+
+    @staticmethod
+    def content_type(plan: JobPlan) -> str:
+        return encoders.WAV_CONTENT_TYPE if plan.wav_header else encoders.CONTENT_TYPES[plan.output_format]
 
     @staticmethod
     def metadata(
-        plan: JobPlan, synthesis: Synthesis, duration_s: float, sample_rate: int, size_bytes: int, elapsed_s: float
+        plan: JobPlan,
+        synthesis: Synthesis,
+        duration_s: float,
+        sample_rate: int,
+        size_bytes: int,
+        elapsed_s: float,
+        *,
+        timeline: list[tuple[captions.TimedText, tuple[int, int]]] | None = None,
+        num_items: int | None = None,
     ) -> dict[str, Any]:
-        models = plan.models
+        """A job's `metadata` (the streamed job's last item carries the same)."""
+        models = synthesis.models or plan.models
         metadata: dict[str, Any] = {
             "duration_seconds": round(duration_s, 3),
             "sample_rate": encoders.encoded_rate(plan.output_format, sample_rate),
@@ -228,6 +344,10 @@ class Worker:
             "realtime_factor": round(duration_s / elapsed_s, 3) if elapsed_s > 0 else None,
             "seed": synthesis.seed,
         }
+        if timeline is not None:
+            metadata["timeline"] = _timeline_entries(timeline)
+        if num_items is not None:
+            metadata["num_items"] = num_items
         if plan.speed != 1.0:
             metadata["speed"] = plan.speed
         if synthesis.voice_cache is not None:
@@ -241,34 +361,66 @@ class Worker:
     def finish(
         synthesis: Synthesis, plan: JobPlan, *, true_peak_dbtp: float = TRUE_PEAK_DBTP
     ) -> tuple[np.ndarray, int]:
-        """One track at the output rate: chunks crossfaded, segments levelled (so speakers match) and joined
-        with their pauses, then the tempo change. Built in one pass when nothing per segment is needed."""
-        rate = plan.sample_rate or synthesis.sample_rate
+        """One track at the output rate (see `finish_timed`)."""
+        samples, rate, _ = Worker.finish_timed(synthesis, plan, true_peak_dbtp=true_peak_dbtp)
+        return samples, rate
+
+    @staticmethod
+    def finish_timed(
+        synthesis: Synthesis, plan: JobPlan, *, true_peak_dbtp: float = TRUE_PEAK_DBTP
+    ) -> tuple[np.ndarray, int, list[list[tuple[float, float]]]]:
+        """One track at the output rate: chunks of a segment joined with their pauses (a crossfade at a forced
+        cut), segments levelled (so speakers match) and joined with their pauses, then the tempo change. Built
+        in one pass when nothing per segment is needed. Also where each chunk lies in it: (start_s, end_s) per
+        chunk per segment, in the delivered track's time."""
+        model_rate = synthesis.sample_rate
+        rate = plan.sample_rate or model_rate
         pauses = [int(rate * ms / 1000.0) for ms in synthesis.pauses_ms]
-        if rate == synthesis.sample_rate and plan.loudness_lufs is None:
-            joined = joiner.join(synthesis.chunks, pauses, synthesis.crossfade)
+        gaps = gap_samples(synthesis)
+        lengths = [[len(c) for c in seg] for seg in synthesis.chunks]
+        if rate == model_rate and plan.loudness_lufs is None:
+            joined = joiner.join(synthesis.chunks, pauses, synthesis.crossfade, gaps)
+            spans_s = [
+                [(a / rate, b / rate) for a, b in seg]
+                for seg in joiner.layout(lengths, pauses, synthesis.crossfade, gaps)
+            ]
         else:
             segments = []
-            for chunks in synthesis.chunks:
-                audio = joiner.join([chunks], [0], synthesis.crossfade)
-                audio = postprocess.resample(audio, synthesis.sample_rate, rate)
+            inner = []
+            for i, chunks in enumerate(synthesis.chunks):
+                seg_gaps = [gaps[i]] if gaps is not None else None
+                audio = joiner.join([chunks], [0], synthesis.crossfade, seg_gaps)
+                inner.append(joiner.layout([lengths[i]], [0], synthesis.crossfade, seg_gaps)[0])
+                audio = postprocess.resample(audio, model_rate, rate)
                 if plan.loudness_lufs is not None:
                     audio = postprocess.normalize_loudness(
                         audio, rate, plan.loudness_lufs, true_peak_dbtp=true_peak_dbtp
                     )
                 segments.append([audio])
             joined = joiner.join(segments, pauses, crossfade=0)
-        return postprocess.time_stretch(joined, rate, plan.speed), rate
+            starts = [seg[0][0] / rate for seg in joiner.layout([[len(s[0])] for s in segments], pauses, 0)]
+            spans_s = [
+                [(start + a / model_rate, start + b / model_rate) for a, b in seg]
+                for start, seg in zip(starts, inner, strict=True)
+            ]
+        stretched = postprocess.time_stretch(joined, rate, plan.speed)
+        # Times scale with the tempo change; measured on the lengths, so the last chunk ends with the track.
+        scale = len(stretched) / len(joined) if len(joined) else 1.0
+        end_s = len(stretched) / rate
+        timed = [[(min(a * scale, end_s), min(b * scale, end_s)) for a, b in seg] for seg in spans_s]
+        return stretched, rate, timed
 
-    def _render(self, synthesis: Synthesis, plan: JobPlan) -> tuple[np.ndarray, int, bytes]:
-        """Finished samples, their rate and the encoded bytes.
+    def _render(
+        self, synthesis: Synthesis, plan: JobPlan
+    ) -> tuple[np.ndarray, int, bytes, list[list[tuple[float, float]]]]:
+        """Finished samples, their rate, the encoded bytes and each chunk's place in time.
 
         Under a loudness target the true-peak ceiling holds for what a listener decodes: a lossy codec
         overshoots the peaks it is given (about 1 dB for aac and opus), so the decoded stream is measured and
         the levelling redone under a ceiling lowered by the overshoot (the limiter keeps the loudness)."""
         ceiling = TRUE_PEAK_DBTP
         for _ in range(3):
-            samples, rate = self.finish(synthesis, plan, true_peak_dbtp=ceiling)
+            samples, rate, timed = self.finish_timed(synthesis, plan, true_peak_dbtp=ceiling)
             audio = encoders.encode(samples, rate, plan.output_format, wav_header=plan.wav_header)
             if plan.loudness_lufs is None or plan.output_format not in encoders.LOSSY_FORMATS:
                 break
@@ -277,11 +429,21 @@ class Worker:
             if over_db <= 0:
                 break
             ceiling -= over_db + 0.1
-        return samples, rate, audio
+        return samples, rate, audio, timed
 
     # -- info actions -----------------------------------------------------------------------------------------
     def info(self, action: str) -> dict[str, Any]:
         if action == "health":
+            if self.startup_error is not None:
+                return {
+                    "status": "unavailable",
+                    "startup_error": self.startup_error,
+                    "loaded_models": self.models.loaded(),
+                    "model_loads": self.models.loads(),
+                    "default_model": self.settings.default_model,
+                    "uptime_seconds": round(time.time() - self.started_at, 1),
+                    "versions": versions(),
+                }
             runtime = self.models.runtime
             return {
                 "status": "ok",
@@ -290,6 +452,7 @@ class Worker:
                 "attention": runtime.attention,
                 "engine": self.settings.engine,
                 "loaded_models": self.models.loaded(),
+                "model_loads": self.models.loads(),
                 "default_model": self.settings.default_model,
                 "output_formats": encoders.available_formats(),
                 "s3_configured": self.deliverer.s3_configured,

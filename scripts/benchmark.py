@@ -45,6 +45,8 @@ sys.path.insert(0, str(ROOT))
 from audio import catalog, encoders, joiner  # noqa: E402
 from audio.quality import check_chunk, frame_budget  # noqa: E402
 from audio.splitter import split_text, text_weight  # noqa: E402
+from scripts.bench_engines import ENGINE_VARIANTS, bench_engines, format_rows  # noqa: E402
+from scripts.bench_engines import checks as engine_checks  # noqa: E402
 
 TINY_MODEL_DIR = ROOT / ".cache" / "tiny-models"
 
@@ -414,6 +416,8 @@ def evaluate(result: dict[str, Any]) -> list[dict[str, Any]]:
     if "join_worker_path" in result:
         row = result["join_worker_path"]
         checks.append({"name": f"worker-path join {row['minutes']:g} min length", "passed": row["length_ok"]})
+    if "engines" in result:
+        checks.extend(engine_checks(result["engines"], on_gpu=result["environment"]["device"].startswith("cuda")))
     return checks
 
 
@@ -522,6 +526,8 @@ def format_table(result: dict[str, Any]) -> str:
             f"{r['seconds']:.3f} s",
             note=_length_note(r),
         )
+    if "engines" in result:
+        rows.extend(format_rows(result["engines"]))
     checks = evaluate(result)
     missed = [c["name"] for c in checks if not c["passed"]]
     rows.append("-" * len(header))
@@ -586,7 +592,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument(
+        "--engines",
+        default="reference,fast",
+        help="[4] engines side by side: reference, fast, fast-graphs (CUDA), or none (default reference,fast)",
+    )
+    parser.add_argument("--engine-batches", default="1,8", help="[4] batch sizes (default 1,8)")
+    parser.add_argument("--engine-frames", type=int, default=40, help="[4] frames per chunk (default 40)")
+    parser.add_argument("--only-engines", action="store_true", help="run [4] alone")
     args = parser.parse_args(argv)
+    args.engines = [] if args.engines == "none" else [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = [e for e in args.engines if e not in ENGINE_VARIANTS]
+    if unknown:
+        parser.error(f"unknown engine(s) {', '.join(unknown)}; use {', '.join(ENGINE_VARIANTS)}")
+    args.engine_batches = [int(b) for b in args.engine_batches.split(",")]
     variant = catalog.find_model(args.model)
     if variant is None:
         parser.error(f"unknown model {args.model!r}; one of {', '.join(catalog.MODELS)}")
@@ -639,22 +658,34 @@ def main(argv: list[str] | None = None) -> int:
         "environment": environment(args, cache, model_dir),
         "load_s": load_s,
     }
-    print("[1/3] batched vs per-chunk ...", flush=True)
-    result["batching"] = bench_batching(model, settings, plan, args.max_batch, args.repeats)
-    print("[2/3] job time outside the model ...", flush=True)
-    result["overhead"] = bench_overhead(cache, settings, job, args.repeats)
-    print("[3/3] join cost ...", flush=True)
-    join = functools.partial(join_cost, crossfade_ms=settings.crossfade_ms)
-    # The first big join in a process pays first-touch page faults (costly in VMs that back guest memory
-    # lazily); a long-running worker pays them once. Report that run, then warm up the worker path's
-    # larger footprint and measure the steady state.
-    result["join_cold"] = join(JOIN_TARGET_MINUTES)
-    join(JOIN_TARGET_MINUTES, worker_path=True)
-    # Page faults make big joins noisy on a busy machine; they are cheap, so always take a median of 3+.
-    repeats = max(JOIN_REPEATS, args.repeats)
-    result["join_repeats"] = repeats
-    result["join"] = [median_run(lambda m=m: join(m), repeats, "seconds") for m in JOIN_MINUTES]
-    result["join_worker_path"] = median_run(lambda: join(JOIN_TARGET_MINUTES, worker_path=True), repeats, "seconds")
+    if not args.only_engines:
+        print("[1/3] batched vs per-chunk ...", flush=True)
+        result["batching"] = bench_batching(model, settings, plan, args.max_batch, args.repeats)
+        print("[2/3] job time outside the model ...", flush=True)
+        result["overhead"] = bench_overhead(cache, settings, job, args.repeats)
+        print("[3/3] join cost ...", flush=True)
+        join = functools.partial(join_cost, crossfade_ms=settings.crossfade_ms)
+        # The first big join in a process pays first-touch page faults (costly in VMs that back guest memory
+        # lazily); a long-running worker pays them once. Report that run, then warm up the worker path's
+        # larger footprint and measure the steady state.
+        result["join_cold"] = join(JOIN_TARGET_MINUTES)
+        join(JOIN_TARGET_MINUTES, worker_path=True)
+        # Page faults make big joins noisy on a busy machine; they are cheap, so always take a median of 3+.
+        repeats = max(JOIN_REPEATS, args.repeats)
+        result["join_repeats"] = repeats
+        result["join"] = [median_run(lambda m=m: join(m), repeats, "seconds") for m in JOIN_MINUTES]
+        result["join_worker_path"] = median_run(lambda: join(JOIN_TARGET_MINUTES, worker_path=True), repeats, "seconds")
+    if args.engines:
+        print(f"[4] engines {', '.join(args.engines)} ...", flush=True)
+        result["engines"] = bench_engines(
+            settings_env(args, model_dir),
+            args.model,
+            args.engines,
+            batches=args.engine_batches,
+            frames=args.engine_frames,
+            repeats=args.repeats,
+            seed=args.seed,
+        )
     result["targets"] = evaluate(result)
 
     print()

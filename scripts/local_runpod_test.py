@@ -348,6 +348,9 @@ def report(body: dict[str, Any], job_input: dict[str, Any], args: argparse.Names
         raise JobFailed(f"job {body.get('id', '?')} {body.get('status', 'FAILED')}: {error}")
     output = body.get("output")
     status = f"{body.get('status')} in {elapsed_s:.1f} s (job {body.get('id', '?')})"
+    if isinstance(output, dict) and isinstance(output.get("items"), list):
+        report_items(output, status, args)
+        return
     if not (isinstance(output, dict) and ("audio_base64" in output or "audio_url" in output)):
         print(status)
         print(json.dumps(output, indent=2))  # an info action: the whole answer
@@ -363,6 +366,19 @@ def report(body: dict[str, Any], job_input: dict[str, Any], args: argparse.Names
         captions = path.with_suffix(f".{job_input.get('captions') or 'srt'}")
         _write(captions, output["captions"].encode("utf-8"))
         print(f"wrote captions to {captions}")
+
+
+def report_items(output: dict[str, Any], status: str, args: argparse.Namespace) -> None:
+    """A `join: false` job: each item saved beside --save as `<stem>.<index><suffix>` (output.0.wav, ...)."""
+    metadata = output.get("metadata", {})
+    print(f"{status}: {len(output['items'])} audio items")
+    print(json.dumps(metadata, indent=2))
+    base = args.save or Path(f"output.{metadata.get('format', 'wav')}")
+    for i, item in enumerate(output["items"]):
+        path = save_audio(item, base.with_name(f"{base.stem}.{i}{base.suffix}"), timeout_s=args.timeout)
+        if path is None:
+            raise JobFailed(f"item {i} carries no audio")
+        print(f"wrote {path.stat().st_size} bytes to {path}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -21,6 +21,18 @@ from tests.s3server import s3_server_fixture  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("QWEN_TTS_TEST_CACHE", ROOT / ".cache"))
+# scripts/gpu_check.sh runs the engine tests on a GPU: QWEN_TTS_TEST_DEVICE / _DTYPE / _CUDA_GRAPHS set them.
+DEVICE_ENV = {
+    f"QWEN_TTS_{name}": os.environ[f"QWEN_TTS_TEST_{name}"]
+    for name in ("DEVICE", "DTYPE", "CUDA_GRAPHS")
+    if os.environ.get(f"QWEN_TTS_TEST_{name}")
+}
+if DEVICE_ENV.get("QWEN_TTS_DEVICE", "cpu").startswith("cuda"):
+    import torch
+
+    # Equivalence with the reference engine is checked in fp32: TF32 matmuls and convolutions would round.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +70,7 @@ def make_settings(tiny_model_dir: Path) -> Callable[..., Settings]:
             "QWEN_TTS_PRELOAD": "none",
             "QWEN_TTS_MAX_LOADED_MODELS": "5",
             "HF_HOME": str(CACHE / "no-hf-home"),
+            **DEVICE_ENV,
         }
         return Settings.from_env({**base, **(env or {}), **overrides})
 

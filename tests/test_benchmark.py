@@ -175,3 +175,39 @@ def test_format_table_reports_missed_targets():
         "  join 60 min (60 segments, 360 chunks)            2.500 s  <= 2 s    MISS    length 86,536,799 != 86,536,800"
     ) in lines
     assert lines[-1] == "checks: 3/6 passed; failed: batched speed-up, join 60 min length, join 60 min time"
+
+
+@pytest.mark.slow
+def test_engines_side_by_side_on_the_tiny_model(tiny_model_dir):
+    from scripts.bench_engines import bench_engines, checks, format_rows, speedups
+
+    env = {"QWEN_TTS_MODEL_DIR": str(tiny_model_dir), "QWEN_TTS_PRELOAD": "none", "HF_HOME": str(tiny_model_dir)}
+    result = bench_engines(env, "0.6B-CustomVoice", ["reference", "fast"], batches=[1, 2], frames=3, repeats=1, seed=1)
+    rows = {r["engine"]: r for r in result["rows"]}
+    for row in rows.values():
+        assert [row["b1"]["frames"], row["b2"]["frames"]] == [3, 3]  # EOS is dead: every chunk is its budget
+        assert row["job"]["chunks"] == 8
+        assert row["cuda_graphs"] is False
+    # The fast engine streams: its first second comes before the whole chunk; the reference has it only at the end.
+    assert rows["fast"]["first_audio"]["first_s"] < rows["fast"]["first_audio"]["whole_s"]
+    assert rows["reference"]["first_audio"]["first_s"] == rows["reference"]["first_audio"]["whole_s"]
+    assert speedups(result)["reference"] == {1: 1.0, 2: 1.0}
+    assert [c["name"] for c in checks(result, on_gpu=False)] == ["fast >= 3x reference at B=1"]
+    lines = format_rows(result)
+    assert lines[1].split() == [
+        "engine",
+        "B=1",
+        "B=2",
+        "8-chunk",
+        "job",
+        "first",
+        "1",
+        "s",
+        "whole",
+        "5",
+        "s",
+        "cold",
+        "start",
+        "graphs",
+    ]
+    assert [line.split()[0] for line in lines[2:]] == ["reference", "fast"]

@@ -173,12 +173,12 @@ def test_speakers():
         pytest.param("ballad", "Uncle_Fu", id="ballad"),
         pytest.param("coral", "Vivian", id="coral"),
         pytest.param("ECHO", "Ryan", id="echo-upper"),
-        pytest.param("fable", "Dylan", id="fable"),
+        pytest.param("fable", "Aiden", id="fable"),
         pytest.param("nova", "Serena", id="nova"),
         pytest.param("onyx", "Uncle_Fu", id="onyx"),
         pytest.param("sage", "Ono_Anna", id="sage"),
         pytest.param("shimmer", "Sohee", id="shimmer"),
-        pytest.param("verse", "Eric", id="verse"),
+        pytest.param("verse", "Ryan", id="verse"),
     ],
 )
 def test_resolve_voice(query, expected):
@@ -274,3 +274,19 @@ def test_resolve_language(query, expected):
 )
 def test_resolve_language_unknown(query):
     assert resolve_language(query) is None
+
+
+OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
+
+
+@pytest.mark.parametrize("alias", list(VOICE_ALIASES), ids=list(VOICE_ALIASES))
+def test_aliases_never_name_a_dialect_speaker(alias):
+    assert SPEAKERS[VOICE_ALIASES[alias].lower()].dialect is None
+
+
+def test_every_openai_voice_is_an_alias():
+    assert set(OPENAI_VOICES) <= set(VOICE_ALIASES)
+
+
+def test_dialect_speakers_are_dylan_and_eric():
+    assert {s.name: s.dialect for s in SPEAKERS.values() if s.dialect} == {"Dylan": "Beijing", "Eric": "Sichuan"}

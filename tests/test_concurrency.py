@@ -41,6 +41,7 @@ def test_module_handler_is_awaitable_from_fresh_event_loops(monkeypatch, tiny_mo
     monkeypatch.setenv("QWEN_TTS_PRELOAD", "none")
     monkeypatch.setenv("QWEN_TTS_DEFAULT_MODEL", "0.6B-CustomVoice")
     monkeypatch.setattr(handler, "_worker", None)
+    monkeypatch.setattr(handler, "_handler", None)
     job = {"id": "j", "input": {"text": "Hi.", "params": {"max_new_tokens": 3}, "seed": 1}}
     first = asyncio.run(handler.handler(job))
     second = asyncio.run(handler.handler(job))  # another loop, the same worker

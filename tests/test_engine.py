@@ -24,10 +24,17 @@ from audio.settings import Settings
 from audio.speech import ChunkRequest, Voice
 from audio.worker import Worker
 from handler import make_handler
+from tests.conftest import DEVICE_ENV
 from tests.test_handler_e2e import REF
 
 GREEDY = {"top_k": 1, "subtalker_top_k": 1}
 MAX_DIFF_INCREMENTAL = 1e-3
+ON_CUDA = DEVICE_ENV.get("QWEN_TTS_DEVICE", "cpu").startswith("cuda")
+
+
+def engine_settings(model_dir, **env: str) -> Settings:
+    base = {"QWEN_TTS_MODEL_DIR": str(model_dir), "QWEN_TTS_PRELOAD": "none", "HF_HOME": str(model_dir / "no-hf")}
+    return Settings.from_env({**base, **DEVICE_ENV, **env})
 
 
 class CodeSpy:
@@ -70,15 +77,9 @@ class Pair:
 
 def _pair(model_dir, extra_env=None) -> Pair:
     def make(engine: str) -> tuple[Worker, CodeSpy]:
-        env = {
-            "QWEN_TTS_MODEL_DIR": str(model_dir),
-            "QWEN_TTS_PRELOAD": "none",
-            "QWEN_TTS_MAX_LOADED_MODELS": "5",
-            "QWEN_TTS_ENGINE": engine,
-            "HF_HOME": str(model_dir / "no-hf"),
-            **(extra_env or {}),
-        }
-        settings = Settings.from_env(env)
+        settings = engine_settings(
+            model_dir, QWEN_TTS_MAX_LOADED_MODELS="5", QWEN_TTS_ENGINE=engine, **(extra_env or {})
+        )
         spy = CodeSpy(ModelCache(settings))
         return Worker(settings, models=spy.cache, get_model=spy.get), spy
 
@@ -180,6 +181,24 @@ def test_greedy_fast_equals_reference_frames_and_bytes(dead_eos_pair, job):
     assert len(fast_codes) == fast["metadata"]["num_chunks"]
 
 
+LIVE_EOS_MODELS = ("1.7B-CustomVoice", "0.6B-CustomVoice")  # the variants the live-EOS build has
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "job", [p for p in EQUIVALENCE if p.values[0].get("model") in LIVE_EOS_MODELS], ids=lambda j: j.get("voice")
+)
+def test_greedy_fast_equals_reference_with_live_eos(live_eos_pair, job):
+    job = {**job, "seed": 3, "params": {**GREEDY, "max_new_tokens": 30}}
+    ref, ref_codes = live_eos_pair.run("reference", job)
+    fast, fast_codes = live_eos_pair.run("fast", job)
+    assert "error" not in ref, ref
+    assert all(map(np.array_equal, ref_codes, fast_codes)) and len(ref_codes) == len(fast_codes), _first_divergence(
+        ref_codes, fast_codes
+    )
+    assert fast["audio_base64"] == ref["audio_base64"]
+
+
 @pytest.mark.slow
 def test_greedy_rows_that_stop_at_different_frames_match_reference(live_eos_pair):
     text = " ".join(f"Sentence number {i} is here to be spoken." for i in range(8))
@@ -213,8 +232,7 @@ def test_sampling_same_seed_same_bytes_and_new_seed_new_audio(dead_eos_pair):
 
 @pytest.fixture(scope="module")
 def fast_model(tiny_model_dir):
-    settings = Settings.from_env({"QWEN_TTS_MODEL_DIR": str(tiny_model_dir), "QWEN_TTS_PRELOAD": "none"})
-    return ModelCache(settings).get("0.6B-CustomVoice")
+    return ModelCache(engine_settings(tiny_model_dir)).get("0.6B-CustomVoice")
 
 
 def _frames(model, requests, **kwargs) -> list[np.ndarray]:
@@ -262,7 +280,7 @@ class FailOnce:
 
 @pytest.mark.slow
 def test_a_retried_chunk_draws_a_new_sample(tiny_model_dir):
-    settings = Settings.from_env({"QWEN_TTS_MODEL_DIR": str(tiny_model_dir), "QWEN_TTS_PRELOAD": "none"})
+    settings = engine_settings(tiny_model_dir)
     cache = ModelCache(settings)
     wrapper = FailOnce(cache.get("0.6B-CustomVoice"), "Second")
     worker = Worker(settings, models=cache, get_model=lambda name: wrapper)
@@ -300,8 +318,7 @@ def test_incremental_decode_matches_the_whole_decode(fast_model, piece_frames):
 def test_incremental_decode_of_a_cloned_voice_uses_the_reference_as_context(tiny_model_dir):
     from audio.reference import decode_reference
 
-    settings = Settings.from_env({"QWEN_TTS_MODEL_DIR": str(tiny_model_dir), "QWEN_TTS_PRELOAD": "none"})
-    model = ModelCache(settings).get("1.7B-Base")
+    model = ModelCache(engine_settings(tiny_model_dir)).get("1.7B-Base")
     ref = decode_reference(REF, model.sample_rate)
     voice = Voice(ref_audio=(ref.samples, ref.sample_rate), ref_text="A reference sentence.", ref_key=ref.key)
     prompt = model.clone_prompt(voice)
@@ -317,13 +334,26 @@ def test_incremental_decode_of_a_cloned_voice_uses_the_reference_as_context(tiny
 @pytest.mark.parametrize("batch", [1, 3, 4])
 def test_graph_bodies_run_eagerly_equal_the_loop(live_eos_model_dir, batch):
     """The CUDA-graph path's static cache, tensor slots, masks and compaction, without capture (CPU)."""
-    settings = Settings.from_env({"QWEN_TTS_MODEL_DIR": str(live_eos_model_dir), "QWEN_TTS_PRELOAD": "none"})
-    loop = ModelCache(settings).get("0.6B-CustomVoice").loop
+    loop = ModelCache(engine_settings(live_eos_model_dir, QWEN_TTS_CUDA_GRAPHS="off")).get("0.6B-CustomVoice").loop
     static = GraphSteps(loop, max_batch=4, max_len=64)
-    static.replay = False
+    static.use_replay(False)
     want = _greedy_codes(loop, loop.steps, batch)
     assert _greedy_codes(loop, static, batch) == want
-    assert GraphSteps.try_enable(loop, max_batch=4, max_len=64) is None  # no CUDA here: eager
+    enabled = GraphSteps.try_enable(loop, max_batch=4, max_len=64)
+    assert (enabled is not None) == ON_CUDA  # without CUDA: eager
+
+
+@pytest.mark.skipif(not ON_CUDA, reason="CUDA graphs need a GPU (scripts/gpu_check.sh)")
+@pytest.mark.parametrize("batch", [1, 5])
+def test_cuda_graphs_replay_equals_eager_on_real_prompts(tiny_model_dir, batch):
+    """Graphs against eager only (in bf16 the top two logits tie often, so against the reference only in fp32)."""
+    graphs = ModelCache(engine_settings(tiny_model_dir, QWEN_TTS_CUDA_GRAPHS="auto")).get("0.6B-CustomVoice")
+    assert graphs.cuda_graphs
+    requests = [ChunkRequest(f"Graph row {i} {'speaks ' * i}now.", 12 + 3 * i, seed=i) for i in range(batch)]
+    replayed = _frames(graphs, requests)
+    graphs.loop.steps.use_replay(False)  # the same static computation, eagerly
+    eager = _frames(graphs, requests)
+    assert all(map(np.array_equal, replayed, eager))
 
 
 def test_engine_setting(make_settings):
@@ -340,3 +370,17 @@ def test_health_and_capabilities_name_the_engine(make_worker, model_cache):
     assert make_worker().info("health")["engine"] == "fast"
     caps = model_cache.get("0.6B-CustomVoice").capabilities
     assert (caps.engine, caps.streams, caps.batch_independent, caps.honours_instruct) == ("fast", True, True, False)
+
+
+@pytest.mark.skipif(not ON_CUDA, reason="GPU memory is measured on a GPU (scripts/gpu_check.sh)")
+def test_gpu_memory_is_flat_over_many_generations(tiny_model_dir):
+    model = ModelCache(engine_settings(tiny_model_dir)).get("0.6B-CustomVoice")
+    voice = Voice(speaker="Ryan")
+    requests = [ChunkRequest(f"Memory row {i}.", 20 + i, seed=i) for i in range(4)]
+    model.generate(requests, language="Auto", voice=voice, params={})  # first call: tables, graphs, allocator
+    torch.cuda.synchronize()
+    after_first = torch.cuda.memory_allocated()
+    for i in range(10):
+        model.generate(requests[: 1 + i % 4], language="Auto", voice=voice, params={})
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == after_first

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from audio.joiner import CROSSFADE as CROSSFADE_GAP
 from audio.joiner import joined_length
-from audio.splitter import split_text
+from audio.splitter import split_chunks, split_text
 from handler import make_handler
 
 FRAME = 1920
@@ -31,6 +32,14 @@ SENTENCES = [
     "每个句子都应该完整地保留下来。",
     "Then the story continues with another calm, measured sentence.",
 ]
+
+
+GAPS = {"sentence": PAUSE, "clause": 2880, "forced": CROSSFADE_GAP}  # 300 ms, 120 ms at 24 kHz; crossfade
+
+
+def gaps_of(text: str, target: int = 150, maximum: int = 250) -> list[list[int]]:
+    """The joiner's gap after each chunk but the last of one segment, by why the chunk ends."""
+    return [[GAPS[c.boundary] for c in split_chunks(text, target, maximum)[:-1]]]
 
 
 def long_text(chars: int) -> str:
@@ -111,8 +120,9 @@ def test_long_text_is_one_wav_of_exactly_the_joined_length(make_worker, faulty):
     result = run(worker, {"text": text, "model": "0.6B-CustomVoice", "seed": 1, "params": {"max_new_tokens": 4}})
     chunk_len = 3 * FRAME
     assert result["metadata"]["num_chunks"] == len(chunks) == 17
-    assert len(samples_of(result)) == len(chunks) * chunk_len - (len(chunks) - 1) * CROSSFADE
-    assert len(samples_of(result)) == joined_length([[chunk_len] * len(chunks)], [0], CROSSFADE)
+    assert {c.boundary for c in split_chunks(text, 150, 250)} == {"sentence"}  # every chunk ends a sentence
+    assert len(samples_of(result)) == len(chunks) * chunk_len + (len(chunks) - 1) * PAUSE
+    assert len(samples_of(result)) == joined_length([[chunk_len] * len(chunks)], [0], CROSSFADE, gaps_of(text))
     calls = faulty.wrappers["0.6B-CustomVoice"].calls
     assert [len(c) for c in calls] == [8, 8, 1]  # QWEN_TTS_MAX_BATCH=8
     assert sorted(t for call in calls for t in call) == sorted(chunks)  # every chunk generated once, none lost
@@ -191,7 +201,7 @@ def test_a_failing_chunk_alone_is_retried_and_the_job_succeeds(make_worker, faul
     result = run(worker, {"text": text, "model": "0.6B-CustomVoice", "seed": 4, "params": {"max_new_tokens": 30}})
     assert result["metadata"]["retries"] == 2
     assert model.calls[1:] == [[bad], [bad]]  # only the failing chunk is regenerated
-    assert len(samples_of(result)) == joined_length([[29 * FRAME] * len(chunks)], [0], CROSSFADE)
+    assert len(samples_of(result)) == joined_length([[29 * FRAME] * len(chunks)], [0], CROSSFADE, gaps_of(text))
 
 
 def test_a_runaway_chunk_is_retried_against_its_text_budget(live_eos_worker, model_cache):
@@ -260,3 +270,56 @@ def test_progress_is_reported_after_each_batch(make_worker):
     total = len(split_text(text, 150, 250))
     assert seen[-1] == (total, total)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen) and len(seen) == -(-total // 4)
+
+
+def test_alternating_models_under_a_cap_of_one_load_each_model_once(make_settings):
+    """A/Ryan, B/Ryan, A/Vivian, B/Vivian: each model loads once, its work runs in one stretch, and the first is
+    freed (no reference left anywhere) before the second loads."""
+    import weakref
+
+    from audio.model_loader import ModelCache, _load_qwen_tts
+    from audio.worker import Worker
+
+    loaded: dict[str, weakref.ref] = {}
+    alive_at_load: list[tuple[str, list[str]]] = []
+
+    def load(path, tokenizer, runtime):
+        alive_at_load.append((path.name, sorted(n for n, r in loaded.items() if r() is not None)))
+        tts = _load_qwen_tts(path, tokenizer, runtime)
+        loaded[path.name] = weakref.ref(tts)
+        return tts
+
+    settings = make_settings({"QWEN_TTS_MAX_LOADED_MODELS": "1"})
+    cache = ModelCache(settings, load=load)
+    calls: dict[str, list] = {}
+
+    def get_model(name):  # a fresh wrapper per fetch that keeps no reference once the generator drops it
+        return FaultyModel(cache.get(name), calls=calls.setdefault(name, []))
+
+    worker = Worker(settings, models=cache, get_model=get_model)
+    a, b = "0.6B-CustomVoice", "1.7B-CustomVoice"
+    segments = [
+        {"text": "One from A.", "model": a, "voice": "Ryan"},
+        {"text": "Two from B.", "model": b, "voice": "Ryan"},
+        {"text": "Three from A.", "model": a, "voice": "Vivian"},
+        {"text": "Four from B.", "model": b, "voice": "Vivian"},
+    ]
+    result = run(worker, {"segments": segments, "seed": 3, "params": {"max_new_tokens": 4}})
+    assert len(samples_of(result)) == 4 * 3 * FRAME + 3 * PAUSE
+    assert alive_at_load == [("Qwen3-TTS-12Hz-0.6B-CustomVoice", []), ("Qwen3-TTS-12Hz-1.7B-CustomVoice", [])]
+    assert calls == {a: [["One from A."], ["Three from A."]], b: [["Two from B."], ["Four from B."]]}
+    health = run(worker, {"action": "health"})
+    assert (health["loaded_models"], health["model_loads"]) == ([b], {a: 1, b: 1})
+
+
+def test_warm_up_runs_one_short_generation_without_the_quality_gate(make_settings, model_cache):
+    """A real model's 3-frame warm-up may well be silence: preload must not fail it as a chunk would."""
+    from audio.worker import Worker
+
+    settings = make_settings({"QWEN_TTS_PRELOAD": "0.6B-CustomVoice"})
+    silent = FaultyModel(model_cache.get("0.6B-CustomVoice"), faults={"Hello": ["silence", 99]})
+    worker = Worker(settings, models=model_cache, get_model=lambda name: silent)
+    worker.preload()
+    assert silent.calls == [["Hello."]]  # one generation, no retries
+    result = run(worker, {"text": "Hello.", "model": "0.6B-CustomVoice", "params": {"max_new_tokens": 4}})
+    assert result["error"]["code"] == "synthesis_failed"  # a job's chunk still gets the gate

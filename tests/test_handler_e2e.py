@@ -186,12 +186,23 @@ def test_info_action_rejects_extra_fields(worker):
     assert "text" in result["error"]["message"]
 
 
-def test_openai_shaped_request_speaks_through_the_handler(live_eos_worker):
+def test_openai_shaped_request_speaks_through_the_handler(live_eos_model_dir):
+    # OpenAI's request carries no seed, and about half of the random model's generations never reach EOS (a
+    # runaway, retried): enough retries make a failed job (0.45^11) practically impossible.
+    settings = Settings.from_env(
+        {
+            "QWEN_TTS_MODEL_DIR": str(live_eos_model_dir),
+            "QWEN_TTS_PRELOAD": "none",
+            "QWEN_TTS_MIN_SECONDS_PER_CHAR": "0",
+            "QWEN_TTS_MAX_RETRIES": "10",
+            "HF_HOME": str(live_eos_model_dir / "no-hf"),
+        }
+    )
     job = {
         "openai_route": "/v1/audio/speech",
         "openai_input": {"model": "tts-1", "input": "Hello from the OpenAI shape.", "voice": "alloy", "speed": 1.5},
     }
-    result = run(live_eos_worker(), job)
+    result = run(Worker(settings), job)
     data = base64.b64decode(result["audio_base64"])
     assert data[:3] == b"ID3" or data[0] == 0xFF  # mp3, OpenAI's default response_format
     meta = result["metadata"]
@@ -247,6 +258,31 @@ def test_unknown_action_lists_the_actions(worker):
         "message": "unknown action 'dance': use synthesize, health, voices, languages, models, create_voice, "
         "list_voices, get_voice, delete_voice",
     }
+
+
+@pytest.mark.parametrize(("voice", "dialect"), [("Dylan", "Beijing"), ("Eric", "Sichuan")])
+def test_dialect_by_auto_is_a_warning_and_speaks_as_chinese_does(worker, voice, dialect):
+    job = {"text": "Hi there.", "voice": voice, "model": "0.6B-CustomVoice", "seed": 4, "params": {"max_new_tokens": 4}}
+    auto = run(worker, job)
+    assert auto["metadata"]["warnings"] == [
+        f"voice {voice} speaks the {dialect} dialect: with language Auto (or Chinese) qwen_tts uses {voice}'s "
+        "dialect for all text; set language for another language, or pick a voice without a dialect for "
+        "standard Mandarin"
+    ]
+    # What the warning says: under Auto the model is given the dialect, exactly as under Chinese.
+    chinese = run(worker, {**job, "language": "Chinese"})
+    english = run(worker, {**job, "language": "English"})
+    assert auto["audio_base64"] == chinese["audio_base64"] != english["audio_base64"]
+    assert "warnings" not in english["metadata"]
+
+
+@pytest.mark.parametrize("name", ["fable", "verse"])
+def test_openai_voice_names_get_no_dialect_warning(name):
+    from audio.openai_compat import to_job_input
+
+    job, _ = to_job_input({"openai_input": {"input": "Hi.", "voice": name}}, "1.7B-CustomVoice")
+    plan = plan_job(parse_job(job), default_model="1.7B-CustomVoice", max_chars=100)
+    assert (plan.segments[0].speaker, plan.warnings) == ({"fable": "Aiden", "verse": "Ryan"}[name], [])
 
 
 def test_a_loopback_reference_url_is_refused_by_default_and_the_server_gets_nothing(worker, tmp_path):

@@ -564,3 +564,16 @@ def test_deployed_endpoint_without_a_key_exits_2_before_any_request(fake_worker,
     assert client.main(["--endpoint-id", "abc123"], env=env) == 2
     assert "needs an API key: --api-key KEY or RUNPOD_API_KEY" in capsys.readouterr().err
     assert fake_worker.requests == []
+
+
+def test_a_join_false_job_saves_each_item(cli_env, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    job = {"segments": [{"text": "One."}, {"text": "Two."}], "join": False, "model": "0.6B-CustomVoice"}
+    code, out, err = run_cli(["--input", json.dumps(job), "--tiny", "--save", "lines.wav"], cli_env, capsys)
+    assert code == 0, err[-2000:]
+    assert re.match(r"COMPLETED in \d+\.\d s \(job local\): 2 audio items\n", out)
+    assert printed_metadata(out)["num_items"] == 2
+    for i in range(2):
+        samples, rate = sf.read(tmp_path / f"lines.{i}.wav", dtype="float32")
+        assert (rate, len(samples)) == (RATE, 19 * FRAME)
+        assert f"wrote {(tmp_path / f'lines.{i}.wav').stat().st_size} bytes to lines.{i}.wav" in out

@@ -9,7 +9,14 @@ import pytest
 
 from audio.catalog import MODELS, TOKENIZER_DIR_NAME
 from audio.errors import ModelError
-from audio.model_loader import ModelCache, find_model_path, find_tokenizer_path, pick_runtime
+from audio.model_loader import (
+    ModelCache,
+    _load_qwen_tts,
+    choose_attention,
+    find_model_path,
+    find_tokenizer_path,
+    pick_runtime,
+)
 from audio.settings import Settings
 from audio.speech import ChunkRequest, Voice
 
@@ -149,3 +156,89 @@ def test_preload_loads_and_warms_every_kind(make_settings):
     worker = Worker(settings, models=ModelCache(settings))
     worker.preload()
     assert worker.models.loaded() == ["0.6B-Base", "1.7B-VoiceDesign", "0.6B-CustomVoice"]
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype", "flash", "expected"),
+    [
+        pytest.param("cuda:0", "bfloat16", True, "flash_attention_2", id="cuda-bf16-flash"),
+        pytest.param("cuda:0", "float16", True, "flash_attention_2", id="cuda-fp16-flash"),
+        pytest.param("cuda:0", "float32", True, "sdpa", id="cuda-fp32-never-flash"),
+        pytest.param("cuda:0", "bfloat16", False, "sdpa", id="cuda-bf16-no-flash-attn"),
+        pytest.param("cpu", "bfloat16", True, "sdpa", id="cpu-never-flash"),
+    ],
+)
+def test_attention_choice(device, dtype, flash, expected):
+    assert choose_attention(device, dtype, flash) == expected
+
+
+def test_import_error_while_loading_is_reported_as_a_missing_module(tiny_model_dir, tmp_path):
+    def load(path, tokenizer, runtime):
+        raise ModuleNotFoundError("No module named 'flash_attn'", name="flash_attn")
+
+    cache = ModelCache(settings_for(tmp_path, QWEN_TTS_MODEL_DIR=str(tiny_model_dir)), load=load)
+    with pytest.raises(ModelError) as info:
+        cache.get(CV.name)
+    assert info.value.message == (
+        "model 0.6B-CustomVoice could not be loaded: a module of the inference stack could not be imported "
+        "(flash_attn) (ImportError). The worker image is missing a dependency; the model files are not the problem."
+    )
+    assert cache.loaded() == [] and cache.loads() == {}
+
+
+def test_out_of_memory_while_loading_is_reported_as_such(tiny_model_dir, tmp_path):
+    import torch
+
+    def load(path, tokenizer, runtime):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    cache = ModelCache(settings_for(tmp_path, QWEN_TTS_MODEL_DIR=str(tiny_model_dir)), load=load)
+    with pytest.raises(ModelError, match=r"could not be loaded: the GPU ran out of memory \(OutOfMemoryError\)"):
+        cache.get(CV.name)
+
+
+def test_sibling_tokenizer_view_is_removed_after_loading(tiny_model_dir, tmp_path):
+    volume = tmp_path / "volume"
+    shutil.copytree(
+        tiny_model_dir / CV.dir_name, volume / CV.dir_name, ignore=shutil.ignore_patterns("speech_tokenizer")
+    )
+    shutil.copytree(tiny_model_dir / CV.dir_name / "speech_tokenizer", volume / TOKENIZER_DIR_NAME)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    views = []
+
+    def load(path, tokenizer, runtime):
+        tts = _load_qwen_tts(path, tokenizer, runtime, scratch=scratch)
+        views.append(path.name)
+        return tts
+
+    loaded = ModelCache(settings_for(tmp_path), load=load).get(CV.name)
+    assert views == [CV.dir_name]
+    assert list(scratch.iterdir()) == []  # the symlink view is gone
+    wavs = loaded.generate([ChunkRequest("Hi.", 2, seed=1)], language="Auto", voice=Voice(speaker="Ryan"), params={})
+    assert [len(w) for w in wavs] == [2 * loaded.frame_samples]
+
+
+def test_model_loads_count_each_load_since_start(tiny_model_dir, tmp_path):
+    cache = ModelCache(settings_for(tmp_path, QWEN_TTS_MODEL_DIR=str(tiny_model_dir), QWEN_TTS_MAX_LOADED_MODELS="1"))
+    for name in ("0.6B-CustomVoice", "0.6B-CustomVoice", "1.7B-VoiceDesign", "0.6B-CustomVoice"):
+        cache.get(name)
+    assert cache.loads() == {"0.6B-CustomVoice": 2, "1.7B-VoiceDesign": 1}
+    assert cache.loaded() == ["0.6B-CustomVoice"]
+
+
+def test_evicted_model_is_freed_before_the_next_loads(tiny_model_dir, tmp_path):
+    import weakref
+
+    refs: list[weakref.ref] = []
+    alive_at_load = []
+
+    def load(path, tokenizer, runtime):
+        alive_at_load.append([r() is not None for r in refs])
+        return _load_qwen_tts(path, tokenizer, runtime)
+
+    settings = settings_for(tmp_path, QWEN_TTS_MODEL_DIR=str(tiny_model_dir), QWEN_TTS_MAX_LOADED_MODELS="1")
+    cache = ModelCache(settings, load=load)
+    refs.append(weakref.ref(cache.get("0.6B-CustomVoice")))
+    cache.get("1.7B-VoiceDesign")
+    assert alive_at_load == [[], [False]]

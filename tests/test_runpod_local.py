@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -62,60 +63,81 @@ def test_test_input_mode_runs_one_job(tiny_model_dir):
     print(f"cold start to first audio: {elapsed:.1f}s")
 
 
-def test_preload_failure_exits_non_zero_before_taking_jobs(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "handler.py"],
-        cwd=ROOT,
-        env=worker_env(tmp_path, QWEN_TTS_PRELOAD="0.6B-Base"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 1
-    assert "preload failed, not taking jobs: model 0.6B-Base is not on this worker" in proc.stderr
-
-
-def test_bad_configuration_exits_non_zero(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "handler.py"],
-        cwd=ROOT,
-        env=worker_env(tmp_path, QWEN_TTS_MAX_BATCH="many"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2
-    assert "configuration error: QWEN_TTS_MAX_BATCH must be an integer, got 'many'" in proc.stderr
-
-
-@pytest.fixture(scope="module")
-def local_api(tiny_model_dir):
+@contextlib.contextmanager
+def serving(model_dir: Path, log_path: Path, **env: str):
+    """`handler.py --rp_serve_api` on a free loopback port, until the block ends; yields its base URL."""
     port = free_port()
-    log = open(tiny_model_dir.parent / f"local-api-{port}.log", "w+")  # noqa: SIM115 - closed below
+    log = open(log_path, "w+")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "handler.py", "--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)],
         cwd=ROOT,
-        env=worker_env(tiny_model_dir),
+        env=worker_env(model_dir, **env),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"local API exited with {proc.returncode}: {log.read()[-2000:]}")
-        try:
-            requests.get(f"{url}/docs", timeout=1)
-            break
-        except requests.ConnectionError:
-            time.sleep(0.5)
-    else:
-        pytest.fail("local API did not come up")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
-    log.close()
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"local API exited with {proc.returncode}: {log.read()[-2000:]}")
+            try:
+                requests.get(f"{url}/docs", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("local API did not come up")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
+def runsync(url: str, job_input: dict) -> dict:
+    return requests.post(f"{url}/runsync", json={"input": job_input}, timeout=120).json()
+
+
+def test_worker_whose_preload_fails_keeps_answering_with_model_unavailable(tmp_path):
+    empty = tmp_path / "empty-volume"
+    empty.mkdir()
+    with serving(empty, tmp_path / "api.log", QWEN_TTS_PRELOAD="0.6B-Base") as url:
+        first, second = runsync(url, JOB), runsync(url, JOB)
+        health = runsync(url, {"action": "health"})
+    logs = (tmp_path / "api.log").read_text()
+    reason = f"model 0.6B-Base is not on this worker: looked in {empty} and the Hugging Face caches."
+    for reply in (first, second):
+        assert reply["status"] == "FAILED"
+        error = json.loads(reply["error"])
+        assert error["code"] == "model_unavailable"
+        assert error["message"].startswith(f"this worker could not start: {reason}")
+    assert health["status"] == "COMPLETED"
+    assert health["output"]["status"] == "unavailable"
+    assert health["output"]["startup_error"].startswith(reason)
+    assert health["output"]["loaded_models"] == [] and health["output"]["model_loads"] == {}
+    assert f"PRELOAD FAILED, answering every job with model_unavailable: {reason}" in logs
+
+
+def test_misconfigured_worker_answers_every_job_with_internal_naming_the_variable(tmp_path):
+    with serving(tmp_path, tmp_path / "api.log", QWEN_TTS_MAX_BATCH="many") as url:
+        replies = [runsync(url, JOB), runsync(url, {"action": "health"})]
+    logs = (tmp_path / "api.log").read_text()
+    for reply in replies:
+        assert reply["status"] == "FAILED"
+        assert json.loads(reply["error"]) == {
+            "code": "internal",
+            "message": "the worker is misconfigured: QWEN_TTS_MAX_BATCH must be an integer, got 'many'. "
+            "Fix the endpoint's environment variables.",
+        }
+    assert "CONFIGURATION ERROR, answering every job with this error: QWEN_TTS_MAX_BATCH must be an integer" in logs
+
+
+@pytest.fixture(scope="module")
+def local_api(tiny_model_dir):
+    with serving(tiny_model_dir, tiny_model_dir.parent / "local-api.log") as url:
+        yield url
 
 
 def test_runsync_over_http_returns_audio(local_api):

@@ -31,6 +31,7 @@ def test_defaults_from_an_empty_env():
     assert s.chunk_max_chars == 250
     assert s.crossfade_ms == 40.0
     assert s.edge_pad_ms == 60.0
+    assert (s.sentence_pause_ms, s.clause_pause_ms) == (300.0, 120.0)
     assert s.silence_threshold_db == -50.0
     assert s.min_s_per_char == 0.02
     assert s.max_s_per_char == 0.25
@@ -78,6 +79,8 @@ def test_empty_values_mean_defaults():
             "QWEN_TTS_CHUNK_TARGET_CHARS",
             "QWEN_TTS_CHUNK_MAX_CHARS",
             "QWEN_TTS_CROSSFADE_MS",
+            "QWEN_TTS_SENTENCE_PAUSE_MS",
+            "QWEN_TTS_CLAUSE_PAUSE_MS",
             "QWEN_TTS_MIN_SECONDS_PER_CHAR",
             "QWEN_TTS_MAX_SECONDS_PER_CHAR",
             "QWEN_TTS_MAX_INLINE_BYTES",
@@ -121,6 +124,8 @@ def test_empty_values_mean_defaults():
         ),
         pytest.param("QWEN_TTS_CHUNK_MAX_CHARS", "400", {"chunk_max_chars": 400}, id="chunk-max"),
         pytest.param("QWEN_TTS_CROSSFADE_MS", "25.5", {"crossfade_ms": 25.5}, id="crossfade-ms"),
+        pytest.param("QWEN_TTS_SENTENCE_PAUSE_MS", "450", {"sentence_pause_ms": 450.0}, id="sentence-pause-ms"),
+        pytest.param("QWEN_TTS_CLAUSE_PAUSE_MS", "0", {"clause_pause_ms": 0.0}, id="clause-pause-ms"),
         pytest.param("QWEN_TTS_MIN_SECONDS_PER_CHAR", "0.01", {"min_s_per_char": 0.01}, id="min-s-per-char"),
         pytest.param("QWEN_TTS_MAX_SECONDS_PER_CHAR", "0.5", {"max_s_per_char": 0.5}, id="max-s-per-char"),
         pytest.param("QWEN_TTS_MAX_INLINE_BYTES", "1000000", {"max_inline_bytes": 1_000_000}, id="max-inline-bytes"),
@@ -321,7 +326,14 @@ def test_s3_partly_configured_is_an_error():
 
 
 @pytest.mark.parametrize(
-    "name", ["QWEN_TTS_CROSSFADE_MS", "QWEN_TTS_MIN_SECONDS_PER_CHAR", "QWEN_TTS_MAX_SECONDS_PER_CHAR"]
+    "name",
+    [
+        "QWEN_TTS_CROSSFADE_MS",
+        "QWEN_TTS_SENTENCE_PAUSE_MS",
+        "QWEN_TTS_CLAUSE_PAUSE_MS",
+        "QWEN_TTS_MIN_SECONDS_PER_CHAR",
+        "QWEN_TTS_MAX_SECONDS_PER_CHAR",
+    ],
 )
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_non_finite_numbers_are_rejected(name, value):

@@ -238,3 +238,94 @@ def test_g711_jobs_through_the_worker(worker):
     assert sf.info(io.BytesIO(base64.b64decode(wav["audio_base64"]))).subtype == "ALAW"
     with pytest.raises(InputError, match="wav_header is for ulaw and alaw"):
         worker.handle({"text": "Hi.", "wav_header": True}, "j")
+
+
+# -- the merged job flow: pauses by boundary, no-speech chunks, model by model, timeline ------------------------
+
+GAP_CASES = {
+    "pauses": [7200, 2880, joiner.CROSSFADE],
+    "crossfades": [joiner.CROSSFADE] * 3,
+    "silence": [0, 100, 5000],
+}
+
+
+@pytest.mark.parametrize("piece", [7, 960, 5000], ids=lambda p: f"piece{p}")
+@pytest.mark.parametrize("gaps", list(GAP_CASES.values()), ids=list(GAP_CASES))
+def test_stream_joiner_releases_joins_gaps_exactly(piece, gaps):
+    rng = np.random.default_rng(piece)
+    lengths = (24000, 500, 12000, 30000)
+    chunks = [_chunk(rng, n, lead=min(n // 4, 3000), trail=min(n // 5, 4000)) for n in lengths]
+    kw = {"threshold_db": -50.0, "pad_ms": 60.0}
+    want = joiner.join([[joiner.trim_edges(c, 24000, **kw) for c in chunks]], [0], 960, [gaps])
+    sj = streaming.StreamJoiner(24000, 960, **kw)
+    out = [sj.piece(chunks[0][s : s + piece]) for s in range(0, len(chunks[0]), piece)]
+    out.append(sj.chunk(gap_after=gaps[0]))
+    for c, gap in zip(chunks[1:], [*gaps[1:], 0], strict=True):  # the last chunk's pause is not the segment's
+        out.append(sj.chunk(c, gap_after=gap))
+    out.append(sj.finish())
+    assert np.array_equal(np.concatenate(out), want)
+
+
+# Segment 0: a sentence end, a clause break and a forced cut; segment 1 has nothing to say (a pause); segment 2 is
+# on another model, which runs after all of the first model's work, so its audio is done after segment 3's.
+PODCAST = {
+    "segments": [
+        {"text": "One short sentence. Then a clause goes on, and the words keep on coming to us."},
+        {"text": "… …"},
+        {"text": "A second voice speaks now.", "model": "1.7B-CustomVoice"},
+        {"text": "Back to the first voice. It ends here."},
+    ],
+    "model": "0.6B-CustomVoice",
+    "seed": 5,
+    "pause_ms": 150,
+    "captions": "srt",
+    "params": {"max_new_tokens": 12},
+}
+SMALL_CHUNKS = {"QWEN_TTS_CHUNK_TARGET_CHARS": "20", "QWEN_TTS_CHUNK_MAX_CHARS": "30"}
+
+
+@pytest.mark.parametrize("sample_rate", [None, 16000], ids=["model-rate", "resampled"])
+def test_a_podcast_streams_in_text_order_and_joins_to_the_unstreamed_job(make_worker, sample_rate):
+    worker = make_worker(SMALL_CHUNKS)
+    job = {**PODCAST, "output_format": "pcm", **({"sample_rate": sample_rate} if sample_rate else {})}
+    whole = worker.handle(job, "whole")
+    items = list(streaming.queue_items(worker, worker.plan_synthesis({**job, "stream": True}), "s"))
+    want = np.frombuffer(base64.b64decode(whole["audio_base64"]), "<i2")
+    got = _pcm(items)
+    assert len(got) == len(want)
+    # soxr's stream and its one-shot resampling agree to within a few LSB where the model rate is resampled
+    assert np.max(np.abs(got.astype(np.int32) - want)) <= (MAX_LSB_DIFF if sample_rate is None else 8)
+    order = [(i["segment"], i["chunk"]) for i in items]
+    assert order == sorted(order) and {c for _, c in order} == set(range(whole["metadata"]["num_chunks"]))
+    meta, whole_meta = items[-1]["metadata"], whole["metadata"]
+    assert meta["timeline"] == whole_meta["timeline"]
+    assert items[-1]["captions"] == whole["captions"]
+    assert (meta["model"], meta["duration_seconds"]) == (whole_meta["model"], whole_meta["duration_seconds"])
+
+
+def test_a_designed_voice_kept_by_cloning_streams_its_clones_after_the_first_chunk(make_worker):
+    worker = make_worker(SMALL_CHUNKS)
+    job = {
+        "model": "1.7B-VoiceDesign",
+        "instruct": "A calm, low voice.",
+        "text": "The first sentence is here. The second sentence follows. And a third one ends it.",
+        "voice_consistency": "clone",
+        "output_format": "pcm",
+        "seed": 11,
+        "params": {"max_new_tokens": 16},
+    }
+    whole = worker.handle(job, "whole")
+    items = list(streaming.queue_items(worker, worker.plan_synthesis({**job, "stream": True}), "s"))
+    assert [i["chunk"] for i in items] == sorted(i["chunk"] for i in items)
+    meta = items[-1]["metadata"]
+    assert meta["model"] == whole["metadata"]["model"] == "1.7B-VoiceDesign, 1.7B-Base"
+    assert meta["timeline"] == whole["metadata"]["timeline"]
+    assert len(_pcm(items)) == len(np.frombuffer(base64.b64decode(whole["audio_base64"]), "<i2"))
+
+
+def test_join_false_is_refused_for_a_stream(stream_worker):
+    plan = stream_worker.plan_synthesis(
+        {"segments": [{"text": "One."}, {"text": "Two."}], "join": False, "stream": True}, stream_default_format="pcm"
+    )
+    with pytest.raises(InputError, match="join: false returns one audio item per segment"):
+        streaming.AudioStream(stream_worker, plan)

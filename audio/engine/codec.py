@@ -10,7 +10,7 @@ byte-identical to the reference engine's.
 the approximation qwen_tts's own `chunked_decode` makes. Its default context is the decoder transformer's
 sliding window (72 frames), not chunked_decode's 25: pieces of ~1 s put a seam every second, and measured on the
 tiny checkpoints 25 frames leave up to 2.3e-3 of difference from the whole decode (cloned voices), 72 frames
-about 2.5e-5. A cloned voice's reference codes are the first left context, so only new frames are decoded.
+under 1e-4. A cloned voice's reference codes are the first left context, so only new frames are decoded.
 """
 
 from __future__ import annotations

@@ -26,15 +26,24 @@ from audio.engine.sampling import RowSampling, Warp, apply_repetition_penalty, d
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Qwen3TTSRMSNorm, the same arithmetic: fp32 statistics, cast back, then the weight."""
+    """Qwen3TTSRMSNorm. In fp32 torch's fused kernel does the same arithmetic (bit-identical, checked on CPU) in
+    one op; in bf16/fp16 qwen's own order matters (fp32 statistics, cast back, then the weight)."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, weight.shape, weight, eps)
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(x.dtype)
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """`sin` with its first half negated, so that `rotate` needs one roll instead of rotate_half's slices."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """qwen's `x * cos + rotate_half(x) * sin`: rotate_half(x) = [-x2, x1] = roll(x, half) * [-1, 1]."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
 
 
 def _fuse(params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
@@ -152,7 +161,7 @@ class CodePredictor:
         positions = torch.arange(self.groups, device=self.norm.device).unsqueeze(0)
         probe = torch.zeros(1, dtype=self.norm.dtype, device=self.norm.device)
         cos, sin = cp.model.rotary_emb(probe, positions)  # [1, groups, D], the module's own arithmetic
-        self.cos, self.sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        self.cos, self.sin = cos.unsqueeze(1), signed_sin(sin).unsqueeze(1)
 
     def __call__(
         self, past_hidden: torch.Tensor, first: torch.Tensor, uniforms: torch.Tensor, warp: Warp
@@ -211,14 +220,14 @@ class FrameLoop:
         self._cos = self._sin = torch.empty(0)
 
     def rope(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin [length, D] for positions 0..length-1, grown on demand."""
+        """cos and signed sin [length, D] for positions 0..length-1, grown on demand."""
         if length > self._rope_len:
             size = max(length, 2 * self._rope_len, 512)
             positions = torch.arange(size, device=self.device).view(1, 1, -1).expand(3, 1, -1)
             probe = torch.zeros(1, dtype=self.dtype, device=self.device)
             cos, sin = self.talker.model.rotary_emb(probe, positions)  # [3, 1, size, D]
             # With the three position rows equal, qwen's interleaved mrope selection returns row 0 unchanged.
-            self._cos, self._sin, self._rope_len = cos[0, 0], sin[0, 0], size
+            self._cos, self._sin, self._rope_len = cos[0, 0], signed_sin(sin[0, 0]), size
         return self._cos[:length], self._sin[:length]
 
     def head(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -259,15 +268,20 @@ class FrameLoop:
         live.first = self._first_code(logits, 0, live, live.uniforms[:, 0, 0])
 
         for step in range(max_frames):
-            keep = (live.first != self.eos) & (live.budget > step)
-            if not bool(keep.all()):
-                if not bool(keep.any()):
+            ended = live.first == self.eos
+            if bool(ended.any()):
+                live = live.keep([i for i, e in enumerate(ended.tolist()) if not e])
+                if live is None:
                     return
-                live = live.select(keep.nonzero().squeeze(1))
             residual, frame_embed = self.steps.code_pass(live, step)
-            yield Step(step, live.rows.tolist(), torch.cat((live.first.unsqueeze(1), residual), dim=1))
-            if step + 1 == max_frames:
-                return
+            yield Step(step, live.rows, torch.cat((live.first.unsqueeze(1), residual), dim=1))
+            # Rows whose budget is spent need no next token: they leave before the talker step.
+            if min(live.budget) <= step + 1:
+                going_on = [i for i, b in enumerate(live.budget) if b > step + 1]
+                live = live.keep(going_on)
+                if live is None:
+                    return
+                frame_embed = frame_embed[going_on]
             slot = prompt_len + step
             x = (frame_embed + live.trailing[:, step]).unsqueeze(1)
             cos = cos_table[live.positions[:, slot]].view(-1, 1, 1, cos_table.shape[-1])
@@ -302,8 +316,8 @@ class FrameLoop:
         drawn = draw_uniforms(seeds, [b + 1 for b in budgets], self.groups)
         uniforms = torch.stack([F.pad(u, (0, 0, 0, max_frames + 1 - u.shape[0])) for u in drawn]).to(device)
         rows = _Rows(
-            rows=torch.arange(batch, device=device),
-            budget=torch.tensor(list(budgets), device=device),
+            rows=list(range(batch)),
+            budget=list(budgets),
             valid=slots >= pads,
             positions=(slots - pads).clamp_(min=0),
             trailing=trailing,
@@ -322,10 +336,10 @@ class FrameLoop:
 
 @dataclass
 class _Rows:
-    """The live rows' state, batch-first; `select` drops finished rows from all of it at once."""
+    """The live rows' state, batch-first; `keep` drops finished rows from all of it at once."""
 
-    rows: torch.Tensor  # each live row's position in the original batch
-    budget: torch.Tensor
+    rows: list[int]  # each live row's position in the original batch
+    budget: list[int]  # each live row's frame budget
     valid: torch.Tensor  # [B, total] cache slots a row may attend to
     positions: torch.Tensor  # [B, total] each slot's rope position for the row
     trailing: torch.Tensor  # [B, frames, H]
@@ -339,20 +353,24 @@ class _Rows:
     hidden: torch.Tensor | None = None  # [B, H] the talker's last (normed) hidden state
     first: torch.Tensor | None = None  # [B] the last sampled first-codebook id
 
-    def select(self, keep: torch.Tensor) -> _Rows:
-        pick = lambda t: t[keep]  # noqa: E731
+    def keep(self, indices: list[int]) -> _Rows | None:
+        """These rows only (batch positions), or None when none are left."""
+        if not indices:
+            return None
+        index = torch.tensor(indices, device=self.valid.device)
+        pick = lambda t: t[index]  # noqa: E731
         return _Rows(
-            rows=pick(self.rows),
-            budget=pick(self.budget),
+            rows=[self.rows[i] for i in indices],
+            budget=[self.budget[i] for i in indices],
             valid=pick(self.valid),
             positions=pick(self.positions),
             trailing=pick(self.trailing),
             uniforms=pick(self.uniforms),
             seen=pick(self.seen),
             penalty=pick(self.penalty),
-            warp=self.warp.select(keep),
-            sub_warp=self.sub_warp.select(keep),
-            cache=self.select_cache(self.cache, keep),
+            warp=self.warp.select(index),
+            sub_warp=self.sub_warp.select(index),
+            cache=self.select_cache(self.cache, index),
             select_cache=self.select_cache,
             hidden=pick(self.hidden),
             first=pick(self.first),

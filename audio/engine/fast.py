@@ -8,7 +8,6 @@ steps replay as CUDA graphs when `cuda_graphs` is on and the warm-up check passe
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -17,12 +16,10 @@ import numpy as np
 
 from audio.engine.base import QwenSpeech
 from audio.engine.codec import IncrementalDecoder, decode_whole
-from audio.engine.prompts import capture_talker_inputs
+from audio.engine.prompts import PINNED_QWEN_TTS, capture_talker_inputs
+from audio.errors import ModelError
 from audio.speech import AudioPiece, ChunkRequest, Voice
 
-log = logging.getLogger(__name__)
-
-DEFAULT_PIECE_FRAMES = 12  # about 1 s of audio at 12.5 frames/s
 GRAPH_PROMPT_TOKENS = 1024
 
 
@@ -48,13 +45,14 @@ class FastEngine(QwenSpeech):
         config = tts.model.config.talker_config
         eos = int(config.codec_eos_token_id)
         vocab = int(config.vocab_size)
-        # What qwen_tts passes its talker.generate (modeling_qwen3_tts.py, Qwen3TTSForConditionalGeneration.generate).
-        self.loop = FrameLoop(
-            talker,
-            eos_token_id=eos,
-            suppress_tokens=[i for i in range(vocab - 1024, vocab) if i != eos],
-            min_new_tokens=2,
-        )
+        # What qwen_tts passes its talker.generate (modeling_qwen3_tts.py, Qwen3TTSForConditionalGeneration.generate);
+        # `frames` checks each capture against it.
+        self._control = {
+            "eos_token_id": eos,
+            "suppress_tokens": [i for i in range(vocab - 1024, vocab) if i != eos],
+            "min_new_tokens": 2,
+        }
+        self.loop = FrameLoop(talker, **self._control)
         self.cuda_graphs = False
         if cuda_graphs:
             from audio.engine.graphs import GraphSteps
@@ -86,6 +84,10 @@ class FastEngine(QwenSpeech):
         with torch.inference_mode():
             inputs = capture_talker_inputs(
                 self.tts, self.variant, texts, language=language, voice=voice, clone_prompt=clone_prompt, **params
+            )
+        if any(inputs.talker_kwargs.get(k) != v for k, v in self._control.items()):
+            raise ModelError(
+                f"qwen_tts {PINNED_QWEN_TTS} layout changed: its talker settings are not the expected ones"
             )
         mask = inputs.attention_mask.bool()
         prompts = [
@@ -128,7 +130,7 @@ class FastEngine(QwenSpeech):
         clone_prompt: Any = None,
         piece_frames: int | None = None,
     ) -> Iterator[AudioPiece]:
-        piece = piece_frames or DEFAULT_PIECE_FRAMES
+        piece = piece_frames or max(1, round(self.frame_rate_hz))  # about 1 s of audio
         ref = _ref_codes(clone_prompt)
         decoders = [IncrementalDecoder(self.tts, piece_frames=piece, ref_codes=ref) for _ in requests]
         open_rows = set(range(len(requests)))

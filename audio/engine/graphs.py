@@ -94,7 +94,7 @@ class GraphSteps(EagerSteps):
         n = live.hidden.shape[0]
         size = bucket_for(n)
         warp = live.sub_warp
-        key = (size, warp.any_top_k, warp.max_top_k, warp.any_top_p)
+        key = (size, warp.any_top_k, warp.max_top_k, warp.any_top_p, warp.same_top_k)
         if key not in self._predictor:
             self._predictor[key] = self._predictor_graph(*key)
         run, inputs = self._predictor[key]
@@ -130,7 +130,7 @@ class GraphSteps(EagerSteps):
         return self._capture(body, inputs)
 
     def _predictor_graph(
-        self, size: int, any_top_k: bool, max_top_k: int, any_top_p: bool
+        self, size: int, any_top_k: bool, max_top_k: int, any_top_p: bool, same_top_k: bool
     ) -> tuple[Callable[[], Any], dict[str, torch.Tensor]]:
         loop = self.loop
         like = loop.codec_head
@@ -143,7 +143,9 @@ class GraphSteps(EagerSteps):
             "top_k": torch.ones(size, 1, dtype=torch.long, device=device),
             "top_p": torch.ones(size, 1, device=device),
         }
-        warp = Warp(inputs["temperature"], inputs["top_k"], inputs["top_p"], any_top_k, any_top_p, max_top_k)
+        warp = Warp(
+            inputs["temperature"], inputs["top_k"], inputs["top_p"], any_top_k, any_top_p, max_top_k, same_top_k
+        )
 
         def body() -> tuple[torch.Tensor, torch.Tensor]:
             return loop.code_predictor(inputs["hidden"], inputs["first"], inputs["uniforms"], warp)
@@ -183,21 +185,26 @@ class GraphSteps(EagerSteps):
         if loop.device.type != "cuda":
             return None
         try:
-            eager = cls(loop, max_batch=max_batch, max_len=max_len)
-            eager.replay = False
-            graphs = cls(loop, max_batch=max_batch, max_len=max_len)
-            for batch in (1, min(3, max_batch)):
-                want = _greedy_codes(loop, eager, batch)
-                got = _greedy_codes(loop, graphs, batch)
-                if want != got:
+            steps = cls(loop, max_batch=max_batch, max_len=max_len)
+            batches = (1, min(3, max_batch))
+            steps.use_replay(False)
+            want = [_greedy_codes(loop, steps, batch) for batch in batches]
+            steps.use_replay(True)
+            for batch, codes in zip(batches, want, strict=True):
+                if _greedy_codes(loop, steps, batch) != codes:
                     log.warning("CUDA graphs disabled: replay differs from eager at batch %d; running eager", batch)
                     return None
-            del eager
         except Exception as exc:  # any capture failure means: run eager, and say why
             log.warning("CUDA graphs disabled (%s: %s); running eager", type(exc).__name__, exc)
             return None
-        log.info("CUDA graphs on: buckets up to %d rows, %d tokens", graphs.max_batch, max_len)
-        return graphs
+        log.info("CUDA graphs on: buckets up to %d rows, %d tokens", steps.max_batch, max_len)
+        return steps
+
+    def use_replay(self, replay: bool) -> None:
+        """Replay graphs (True), or run the same bodies eagerly (False: the check's baseline); drops captures."""
+        self.replay = replay
+        self._talker.clear()
+        self._predictor.clear()
 
 
 def _greedy_codes(loop: FrameLoop, steps: GraphSteps, batch: int) -> list[list[list[int]]]:

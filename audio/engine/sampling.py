@@ -57,6 +57,7 @@ class Warp:
     any_top_k: bool
     any_top_p: bool
     max_top_k: int
+    same_top_k: bool
 
     @classmethod
     def build(cls, rows: Sequence[tuple[bool, float, int, float]], vocab: int, device: Any) -> Warp:
@@ -74,6 +75,7 @@ class Warp:
             any_top_k=min(ks) < vocab,
             any_top_p=min(ps) < 1.0,
             max_top_k=max(ks),
+            same_top_k=min(ks) == max(ks),
         )
 
     def select(self, index: torch.Tensor) -> Warp:
@@ -84,6 +86,7 @@ class Warp:
             self.any_top_k,
             self.any_top_p,
             self.max_top_k,
+            self.same_top_k,
         )
 
 
@@ -91,7 +94,10 @@ def warp_and_sample(logits: torch.Tensor, warp: Warp, uniforms: torch.Tensor) ->
     """Sample one id per row from fp32 `logits` [B, V] with uniforms [B] in [0, 1)."""
     scores = logits / warp.temperature
     if warp.any_top_k:
-        kth = scores.topk(warp.max_top_k, dim=-1).values.gather(1, warp.top_k - 1)
+        if warp.same_top_k:  # the k-th best is the smallest of the unsorted top k (cheaper than sorting)
+            kth = scores.topk(warp.max_top_k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+        else:
+            kth = scores.topk(warp.max_top_k, dim=-1).values.gather(1, warp.top_k - 1)
         scores = scores.masked_fill(scores < kth, float("-inf"))
     if warp.any_top_p:
         scores = _top_p(scores, warp.top_p)

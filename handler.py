@@ -22,7 +22,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from audio.errors import Cancelled, TTSError
+from audio.errors import Cancelled, TTSError, WorkerUnusable
 from audio.settings import Settings
 from audio.worker import ProgressFn, Worker
 
@@ -35,8 +35,35 @@ def error(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
-def make_handler(worker: Worker, *, report_progress: bool = False, progress: ProgressFn | None = None) -> Handler:
-    """`progress` (a local caller's) gets each job's `done, total` chunks; `report_progress` posts them to RunPod."""
+def failure(worker: Worker, exc: Exception, job_id: str, on_unusable: Callable[[], None] | None = None) -> dict:
+    """The result of a job that raised `exc`: the contract's error object. A failure that leaves the worker
+    unusable (CUDA out of memory, a CUDA error; audio/lifecycle.py) is `model_unavailable` with
+    `refresh_worker: true` (RunPod then replaces the worker), and `on_unusable` is told."""
+    unusable = exc if isinstance(exc, WorkerUnusable) else worker.note_failure(exc)
+    if unusable is not None:
+        if unusable is not exc:
+            log.error("job %s: %s", job_id, unusable.message, exc_info=exc)
+        log.critical("job %s failed and this worker asks to be replaced: %s", job_id, unusable.message)
+        if on_unusable is not None:
+            on_unusable()
+        return {**error(unusable.code, unusable.message), "refresh_worker": True}
+    if isinstance(exc, TTSError):
+        log.warning("job %s failed: %s", job_id, exc.code)
+        return error(exc.code, exc.message)
+    # The traceback stays in the worker's log; the caller gets a code and no internals.
+    log.error("job %s failed with an unexpected error", job_id, exc_info=exc)
+    return error("internal", "the worker hit an unexpected error; the job can be retried")
+
+
+def make_handler(
+    worker: Worker,
+    *,
+    report_progress: bool = False,
+    progress: ProgressFn | None = None,
+    on_unusable: Callable[[], None] | None = None,
+) -> Handler:
+    """`progress` (a local caller's) gets each job's `done, total` chunks; `report_progress` posts them to RunPod.
+    `on_unusable` is called when a job leaves the worker unusable (see `failure`)."""
 
     def handle(job: dict[str, Any]) -> dict[str, Any]:
         job_id = str(job.get("id") or "local")
@@ -51,13 +78,8 @@ def make_handler(worker: Worker, *, report_progress: bool = False, progress: Pro
             return worker.handle(job.get("input"), job_id, on_progress)
         except Cancelled:
             raise
-        except TTSError as exc:
-            log.warning("job %s failed: %s", job_id, exc.code)
-            return error(exc.code, exc.message)
-        except Exception:
-            # The traceback stays in the worker's log; the caller gets a code and no internals.
-            log.exception("job %s failed with an unexpected error", job_id)
-            return error("internal", "the worker hit an unexpected error; the job can be retried")
+        except Exception as exc:
+            return failure(worker, exc, job_id, on_unusable)
 
     return handle
 
@@ -67,24 +89,23 @@ def for_runpod(handle: Handler) -> Handler:
     contract's error object JSON-encoded there, `{"status": "FAILED", "error": "{\"code\": ...}"}`."""
 
     def wrapped(job: dict[str, Any]) -> dict[str, Any]:
-        result = handle(job)
-        if "error" in result:
-            return {"error": json.dumps(result["error"])}
-        return result
+        return error_json(handle(job))
 
     return wrapped
 
 
 def error_json(result: dict[str, Any]) -> dict[str, Any]:
-    """A failed result as RunPod's job API types it (see for_runpod); a success unchanged."""
+    """A failed result as RunPod's job API types it (see for_runpod; `refresh_worker` stays beside it, for the SDK
+    to pop); a success unchanged."""
     return {**result, "error": json.dumps(result["error"])} if "error" in result else result
 
 
-def cancellable(progress: ProgressFn | None, cancel: threading.Event) -> ProgressFn:
+def cancellable(progress: ProgressFn | None, cancel: threading.Event, job_id: str = "local") -> ProgressFn:
     """A progress callback that also stops the job at the next batch once `cancel` is set."""
 
     def on_progress(done: int, total: int) -> None:
         if cancel.is_set():
+            log.info("job %s cancelled: generation stopped after %d of %d chunks", job_id, done, total)
             raise Cancelled
         if progress is not None:
             progress(done, total)
@@ -92,26 +113,27 @@ def cancellable(progress: ProgressFn | None, cancel: threading.Event) -> Progres
     return on_progress
 
 
-def make_async_handler(worker: Worker, *, report_progress: bool = False):
+def make_async_handler(worker: Worker, *, report_progress: bool = False, on_unusable: Callable[[], None] | None = None):
     """`async def handle(job)`: the job on a thread (the event loop stays free for other jobs); a cancelled task
-    (RunPod's job cancel, shutdown) stops the generation at its next batch. Usable from any event loop: it keeps
-    no loop-bound state."""
+    (RunPod's job cancel) stops the generation at its next batch. Usable from any event loop: it keeps no
+    loop-bound state. `on_unusable`: see `failure`."""
 
     async def handle(job: dict[str, Any]) -> dict[str, Any]:
+        job_id = str(job.get("id") or "local")
         cancel = threading.Event()
         progress = _runpod_progress(job) if report_progress else None
-        sync = make_handler(worker, progress=cancellable(progress, cancel))
+        sync = make_handler(worker, progress=cancellable(progress, cancel, job_id), on_unusable=on_unusable)
         try:
             return error_json(await asyncio.to_thread(sync, job))
         except (asyncio.CancelledError, Cancelled):
             cancel.set()
-            log.info("job %s cancelled", job.get("id"))
+            log.info("job %s cancelled: its generation stops at the next batch", job_id)
             raise
 
     return handle
 
 
-def make_stream_handler(worker: Worker):
+def make_stream_handler(worker: Worker, *, on_unusable: Callable[[], None] | None = None):
     """The generator handler of a streaming deployment: a `stream: true` job yields audio items in order (the
     last with `metadata`), any other job yields its one result; an error is the one (last) item."""
     from audio import streaming
@@ -121,7 +143,11 @@ def make_stream_handler(worker: Worker):
         job_input = job.get("input")
         cancel = threading.Event()
         if not (isinstance(job_input, dict) and job_input.get("stream") is True):
-            yield error_json(await asyncio.to_thread(make_handler(worker, progress=cancellable(None, cancel)), job))
+            sync = make_handler(worker, progress=cancellable(None, cancel, job_id), on_unusable=on_unusable)
+            try:
+                yield error_json(await asyncio.to_thread(sync, job))
+            finally:
+                cancel.set()
             return
         items = None
         try:
@@ -129,15 +155,12 @@ def make_stream_handler(worker: Worker):
             items = streaming.queue_items(worker, plan, job_id, cancel=cancel)
             while (item := await asyncio.to_thread(next, items, None)) is not None:
                 yield item
-        except TTSError as exc:
-            log.warning("job %s failed: %s", job_id, exc.code)
-            yield error_json(error(exc.code, exc.message))
         except (asyncio.CancelledError, GeneratorExit, Cancelled):
             cancel.set()
+            log.info("job %s cancelled: its generation stops at the next piece or batch", job_id)
             raise
-        except Exception:
-            log.exception("job %s failed with an unexpected error", job_id)
-            yield error_json(error("internal", "the worker hit an unexpected error; the job can be retried"))
+        except Exception as exc:
+            yield error_json(failure(worker, exc, job_id, on_unusable))
         finally:
             cancel.set()
             if items is not None:
@@ -161,14 +184,18 @@ def runpod_config(worker: Worker) -> dict[str, Any]:
     """What `runpod.serverless.start` gets for this worker's settings."""
     settings = worker.settings
     report = bool(os.environ.get("RUNPOD_WEBHOOK_GET_JOB"))
-    config: dict[str, Any] = {
-        "handler": make_stream_handler(worker)
-        if settings.streaming
-        else make_async_handler(worker, report_progress=report),
-        "concurrency_modifier": lambda current: settings.concurrency,
-    }
+    config: dict[str, Any] = {"concurrency_modifier": lambda current: settings.concurrency}
+
+    def refresh() -> None:
+        # The SDK reads this after each job: the job's result gets stopPod (a stream job's error item can't carry
+        # refresh_worker to it), and the worker takes no more jobs, finishes those running, and exits.
+        config["refresh_worker"] = True
+
     if settings.streaming:
+        config["handler"] = make_stream_handler(worker, on_unusable=refresh)
         config["return_aggregate_stream"] = True
+    else:
+        config["handler"] = make_async_handler(worker, report_progress=report, on_unusable=refresh)
     if settings.refresh_worker:
         config["refresh_worker"] = True
     return config

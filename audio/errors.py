@@ -27,6 +27,11 @@ class ModelError(TTSError):
     code = "model_unavailable"
 
 
+class WorkerUnusable(ModelError):
+    """This worker's GPU or model can no longer be trusted (out of memory, a CUDA error; audio/lifecycle.py): the
+    job fails, and the result asks RunPod for a fresh worker (`refresh_worker`)."""
+
+
 class SynthesisError(TTSError):
     """A chunk failed its quality check after every retry."""
 

@@ -93,7 +93,7 @@ def create_app(worker: Any, *, preload: bool = True) -> Any:
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-    from handler import cancellable, make_handler
+    from handler import cancellable, failure, make_handler
     from handler import preload as preload_worker
 
     settings = worker.settings
@@ -139,6 +139,8 @@ def create_app(worker: Any, *, preload: bool = True) -> Any:
     async def ping() -> Any:
         if health.state == "loading":
             return Response(status_code=204)
+        if worker.unusable is not None:  # a job left the GPU unusable: unhealthy, so RunPod replaces the worker
+            return JSONResponse({"status": "unhealthy", "reason": worker.unusable}, 503)
         return JSONResponse({"status": health.state, **({"reason": health.reason} if health.reason else {})})
 
     async def body_of(request: Request, *, openai: bool) -> tuple[dict | None, Any]:
@@ -239,11 +241,9 @@ def create_app(worker: Any, *, preload: bool = True) -> Any:
                 except asyncio.CancelledError:
                     cancel.set()
                     raise
-                except TTSError as exc:
-                    return fail(exc.code, exc.message, openai=True)
-                except Exception:
-                    log.exception("speech request failed with an unexpected error")
-                    return fail("internal", "the worker hit an unexpected error; retry the request", openai=True)
+                except Exception as exc:
+                    err = failure(worker, exc, "http")["error"]
+                    return fail(err["code"], err["message"], openai=True)
             fmt = result["metadata"]["format"]
             return Response(
                 base64.b64decode(result["audio_base64"]), media_type=_media_type(fmt, job.get("wav_header"))
@@ -288,6 +288,7 @@ async def _stream_body(worker: Any, plan: Any, *, sse: bool) -> AsyncIterator[by
     audio, then `speech.audio.done`). Cancelled (client gone): the generation stops at its next piece."""
     cancel = threading.Event()
     parts = _encoded(worker, plan, cancel)
+    complete = False
     try:
         while (part := await asyncio.to_thread(next, parts, None)) is not None:
             if not part:
@@ -301,8 +302,11 @@ async def _stream_body(worker: Any, plan: Any, *, sse: bool) -> AsyncIterator[by
             chars = sum(len(s.text) for s in plan.segments)
             usage = {"input_tokens": chars, "output_tokens": 0, "total_tokens": chars}
             yield f"data: {json.dumps({'type': 'speech.audio.done', 'usage': usage})}\n\n".encode()
+        complete = True
     finally:
         cancel.set()
+        if not complete:
+            log.info("speech stream ended early (client gone or failed): its generation stops at the next piece")
         with contextlib.suppress(ValueError):  # still running on its thread: `cancel` stops it
             parts.close()
 
@@ -319,6 +323,9 @@ def _encoded(worker: Any, plan: Any, cancel: threading.Event) -> Iterator[bytes]
                 yield encoder.push(event.samples)
     except Cancelled:
         return
+    except Exception as exc:  # the body is under way: no error can be sent, but an unusable GPU is noted
+        worker.note_failure(exc)
+        raise
     finally:
         stream.close()
         encoder.close()

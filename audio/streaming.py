@@ -172,9 +172,11 @@ class _Listener:
         self.events = events
         self.cancel = cancel
         self.live_piece_frames = live_piece_frames
+        self.chunks = 0  # handed over so far
 
     def _check(self) -> None:
         if self.cancel.is_set():
+            log.info("stream cancelled: generation stopped after %d chunk(s)", self.chunks)
             raise Cancelled
 
     def piece(self, chunk: Chunk, samples: np.ndarray) -> None:
@@ -183,6 +185,7 @@ class _Listener:
 
     def chunk(self, chunk: Chunk) -> None:
         self.events.put(("chunk", chunk, chunk.audio))
+        self.chunks += 1
         self._check()
 
     def progress(self, done: int, total: int) -> None:

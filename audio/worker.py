@@ -19,8 +19,9 @@ import soundfile as sf
 
 from audio import captions, catalog, encoders, joiner, postprocess
 from audio.delivery import Deliverer
-from audio.errors import InputError, ModelError
+from audio.errors import InputError, ModelError, WorkerUnusable
 from audio.generator import Generator, GeneratorConfig, Synthesis
+from audio.lifecycle import unusable_reason
 from audio.model_gate import gated
 from audio.model_loader import ModelCache, download_hint, find_model_path, versions
 from audio.openai_compat import is_openai_job, to_job_input
@@ -132,6 +133,7 @@ class Worker:
         self.deliverer = Deliverer(settings.s3, settings.max_inline_bytes)
         self.started_at = time.time()
         self.startup_error: str | None = None  # why preload failed; then no job is synthesized
+        self.unusable: str | None = None  # why a job left this worker unfit for more (then it asks to be replaced)
 
     def _reference_for(self, segment: SegmentPlan, sample_rate: int) -> Reference:
         if segment.saved_voice is not None:
@@ -170,6 +172,15 @@ class Worker:
             sample_rate = self.generator.warm_up(plan)
             log.info("preloaded %s (sample rate %d) in %.1fs", name, sample_rate, time.perf_counter() - started)
 
+    def note_failure(self, exc: BaseException) -> WorkerUnusable | None:
+        """A job failed with `exc`: if it left the GPU or model unusable, this worker refuses further synthesis
+        and the error to report is returned (else None: the failure was the job's own)."""
+        reason = unusable_reason(exc)
+        if reason is None:
+            return None
+        self.unusable = reason
+        return WorkerUnusable(f"{reason}; this worker is being replaced: retry the job")
+
     def fail_startup(self, reason: str) -> None:
         """Preload failed: keep answering, every synthesis job with `model_unavailable` and this reason."""
         self.startup_error = reason
@@ -195,6 +206,8 @@ class Worker:
         whose preload failed refuses here (model_unavailable), whatever the entry point."""
         if self.startup_error is not None:
             raise ModelError(f"this worker could not start: {self.startup_error}")
+        if self.unusable is not None:
+            raise WorkerUnusable(f"{self.unusable} in an earlier job; this worker is being replaced: retry the job")
         speed = 1.0
         if is_openai_job(job_input):
             job_input, speed = to_job_input(job_input, self.settings.default_model)

@@ -458,6 +458,7 @@ class Worker:
                     "versions": versions(),
                 }
             runtime = self.models.runtime
+            unusable = {"status": "unusable", "unusable_reason": self.unusable} if self.unusable else {}
             return {
                 "status": "ok",
                 "device": runtime.device,
@@ -471,6 +472,7 @@ class Worker:
                 "s3_configured": self.deliverer.s3_configured,
                 "uptime_seconds": round(time.time() - self.started_at, 1),
                 "versions": versions(),
+                **unusable,
             }
         if action == "voices":
             return {

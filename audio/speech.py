@@ -47,6 +47,18 @@ class ChunkRequest:
 
 
 @dataclass(frozen=True)
+class GenerateCall:
+    """One `generate` call's arguments: chunks that share a voice, language and sampling parameters. The fast
+    engine can run several calls (from concurrent jobs) as one batch (`FastEngine.generate_many`)."""
+
+    requests: Sequence[ChunkRequest]
+    language: str
+    voice: Voice
+    params: dict[str, Any]
+    clone_prompt: Any = None
+
+
+@dataclass(frozen=True)
 class Capabilities:
     engine: str  # "fast" | "reference"
     streams: bool  # yields frames as they are made (`SpeechModel.stream`)

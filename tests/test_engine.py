@@ -384,3 +384,29 @@ def test_gpu_memory_is_flat_over_many_generations(tiny_model_dir):
         model.generate(requests[: 1 + i % 4], language="Auto", voice=voice, params={})
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() == after_first
+
+
+@pytest.mark.slow
+def test_calls_of_different_voices_and_settings_batch_together_as_if_alone(fast_model):
+    """Concurrent jobs on one model share a batch: per-row voices, sampling settings, budgets and seeds."""
+    from audio.speech import GenerateCall
+
+    calls = [
+        GenerateCall([ChunkRequest("The first job speaks.", 14, seed=1)], "Auto", Voice(speaker="Ryan"), {}),
+        GenerateCall(
+            [
+                ChunkRequest("The second job, another voice.", 9, seed=2),
+                ChunkRequest("And a second chunk.", 11, seed=3),
+            ],
+            "English",
+            Voice(speaker="Vivian"),
+            {"temperature": 0.6, "top_k": 20, "repetition_penalty": 1.2},
+        ),
+    ]
+    together = fast_model.generate_many(calls)
+    for call, batched in zip(calls, together, strict=True):
+        alone = fast_model.generate(
+            call.requests, language=call.language, voice=call.voice, params=call.params, clone_prompt=None
+        )
+        assert [len(w) for w in batched] == [r.budget_frames * fast_model.frame_samples for r in call.requests]
+        assert all(map(np.array_equal, alone, batched))

@@ -18,7 +18,7 @@ from audio.engine.base import QwenSpeech
 from audio.engine.codec import IncrementalDecoder, decode_whole
 from audio.engine.prompts import PINNED_QWEN_TTS, capture_talker_inputs
 from audio.errors import ModelError
-from audio.speech import AudioPiece, ChunkRequest, Voice
+from audio.speech import AudioPiece, ChunkRequest, GenerateCall, Voice
 
 GRAPH_PROMPT_TOKENS = 1024
 
@@ -64,43 +64,67 @@ class FastEngine(QwenSpeech):
                 self.loop.steps = steps
                 self.cuda_graphs = True
 
-    def frames(
-        self,
-        requests: Sequence[ChunkRequest],
-        *,
-        language: str,
-        voice: Voice,
-        params: dict[str, Any],
-        clone_prompt: Any = None,
-        sampling: Sequence[Any] | None = None,
-    ) -> Iterator[Any]:
-        """The loop's `Step`s for a batch: frame by frame, every live row's codes."""
+    def _prompts(self, call: GenerateCall) -> tuple[list[Any], list[Any], Any]:
+        """qwen_tts's prompt for each of the call's chunks, their sampling settings and the pad embedding."""
         import torch
 
         from audio.engine.decode_loop import RowPrompt
         from audio.engine.sampling import RowSampling
 
-        texts = [r.text for r in requests]
+        texts = [r.text for r in call.requests]
         with torch.inference_mode():
             inputs = capture_talker_inputs(
-                self.tts, self.variant, texts, language=language, voice=voice, clone_prompt=clone_prompt, **params
+                self.tts,
+                self.variant,
+                texts,
+                language=call.language,
+                voice=call.voice,
+                clone_prompt=call.clone_prompt,
+                **call.params,
             )
         if any(inputs.talker_kwargs.get(k) != v for k, v in self._control.items()):
-            raise ModelError(
-                f"qwen_tts {PINNED_QWEN_TTS} layout changed: its talker settings are not the expected ones"
-            )
+            raise ModelError(f"qwen_tts {PINNED_QWEN_TTS} layout changed: its talker settings are not the expected")
         mask = inputs.attention_mask.bool()
         prompts = [
             RowPrompt(inputs.inputs_embeds[i][mask[i]], inputs.trailing_text_hidden[i]) for i in range(len(texts))
         ]
-        row_sampling = sampling or [RowSampling.from_talker_kwargs(inputs.talker_kwargs)] * len(texts)
+        return prompts, [RowSampling.from_talker_kwargs(inputs.talker_kwargs)] * len(texts), inputs.tts_pad_embed
+
+    def frames_many(self, calls: Sequence[GenerateCall]) -> Iterator[Any]:
+        """The loop's `Step`s for all the calls' chunks in one batch, rows numbered across calls in order."""
+        prompts: list[Any] = []
+        sampling: list[Any] = []
+        pad_embed = None
+        for call in calls:
+            call_prompts, call_sampling, pad_embed = self._prompts(call)
+            prompts += call_prompts
+            sampling += call_sampling
+        requests = [r for call in calls for r in call.requests]
         return self.loop.run(
-            prompts,
-            inputs.tts_pad_embed,
-            [r.budget_frames for r in requests],
-            row_sampling,
-            [r.seed for r in requests],
+            prompts, pad_embed, [r.budget_frames for r in requests], sampling, [r.seed for r in requests]
         )
+
+    def frames(self, requests: Sequence[ChunkRequest], **call: Any) -> Iterator[Any]:
+        """The loop's `Step`s for one call (`generate`'s arguments): frame by frame, every live row's codes."""
+        return self.frames_many([GenerateCall(requests, **call)])
+
+    def generate_many(self, calls: Sequence[GenerateCall]) -> list[list[np.ndarray]]:
+        """Several calls as one batch (concurrent jobs on one model); each call's audio is decoded on its own, as
+        `generate` alone would, so it is the same whatever it was batched with."""
+        import torch
+
+        rows: list[list[Any]] = [[] for call in calls for _ in call.requests]
+        for step in self.frames_many(calls):
+            for row, codes in zip(step.rows, step.codes, strict=True):
+                rows[row].append(codes)
+        out = []
+        start = 0
+        with torch.inference_mode():
+            for call in calls:
+                codes = [torch.stack(r) for r in rows[start : start + len(call.requests)]]
+                start += len(call.requests)
+                out.append(decode_whole(self.tts, codes, [_ref_codes(call.clone_prompt)] * len(codes)))
+        return out
 
     def generate(
         self,
@@ -111,14 +135,7 @@ class FastEngine(QwenSpeech):
         params: dict[str, Any],
         clone_prompt: Any = None,
     ) -> list[np.ndarray]:
-        import torch
-
-        rows: list[list[Any]] = [[] for _ in requests]
-        for step in self.frames(requests, language=language, voice=voice, params=params, clone_prompt=clone_prompt):
-            for row, codes in zip(step.rows, step.codes, strict=True):
-                rows[row].append(codes)
-        with torch.inference_mode():
-            return decode_whole(self.tts, [torch.stack(r) for r in rows], [_ref_codes(clone_prompt)] * len(requests))
+        return self.generate_many([GenerateCall(requests, language, voice, params, clone_prompt)])[0]
 
     def stream(
         self,
@@ -134,7 +151,8 @@ class FastEngine(QwenSpeech):
         ref = _ref_codes(clone_prompt)
         decoders = [IncrementalDecoder(self.tts, piece_frames=piece, ref_codes=ref) for _ in requests]
         open_rows = set(range(len(requests)))
-        for step in self.frames(requests, language=language, voice=voice, params=params, clone_prompt=clone_prompt):
+        call = GenerateCall(requests, language, voice, params, clone_prompt)
+        for step in self.frames_many([call]):
             for row in sorted(open_rows - set(step.rows)):  # finished at the previous step
                 yield from _last_piece(row, decoders[row])
             open_rows &= set(step.rows)

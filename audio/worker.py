@@ -125,7 +125,7 @@ class Worker:
         self.prompts = ClonePromptCache(settings.voice_cache, saved=self.voices)
         # Tests may wrap the real models (failure injection, call counting); production uses the cache.
         self.generator = Generator(
-            gated(get_model or self.models.get),
+            gated(get_model or self.models.get, max_rows=settings.max_batch),
             generator_config(settings),
             reference_for=self._reference_for,
             prompts=self.prompts,

@@ -115,3 +115,32 @@ def live_eos_worker(live_eos_model_dir):
         return Worker(settings, models=cache, get_model=get_model)
 
     return make
+
+
+class CallRecorder:
+    """Delegates to a real model and counts finished calls: `generate` calls and `stream` pieces so far."""
+
+    def __init__(self, get_model):
+        self._get_model = get_model
+        self.generated = 0
+        self.pieces = 0
+
+    def __call__(self, name):
+        recorder = self
+
+        class Recorded:
+            def __getattr__(self, attr):
+                return getattr(model, attr)
+
+            def generate(self, requests, **kwargs):
+                out = model.generate(requests, **kwargs)
+                recorder.generated += 1
+                return out
+
+            def stream(self, requests, **kwargs):
+                for piece in model.stream(requests, **kwargs):
+                    recorder.pieces += 1
+                    yield piece
+
+        model = self._get_model(name)
+        return Recorded()

@@ -27,6 +27,14 @@ The same job elsewhere:
 
 (--endpoint-id goes through the runpod client, with the key from --api-key or RUNPOD_API_KEY.)
 
+`--stream` sends the job with `stream: true` and prints one line per stream item. In process it runs through
+handler.py's generator handler (the one a QWEN_TTS_STREAMING=true worker serves), so items print as they are
+made; `--url` uses the local API's /run + /stream/{id} (the worker must run with QWEN_TTS_STREAMING=true; that
+route answers once the job is done, so the lines come at the end); `--endpoint-id` reads the endpoint's
+/stream/{id} through the runpod client's `Job.stream()`. The items' audio is saved joined: pcm items (a stream's
+default format) as one 16-bit WAV (default `output.wav`; raw bytes when --save or --format says .pcm), wav
+items (a WAV file each) as one WAV, other formats' bytes concatenated (they are one file).
+
 Prints the job's status, timing and metadata, shows progress for jobs of more than one batch, writes the
 audio to --save (default `output.<format>`; an `audio_url` is downloaded) and exits 0. A failed job prints its
 error code and message and exits 1; a usage problem exits 2.
@@ -35,12 +43,15 @@ error code and message and exits 1; a usage problem exits 2.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
+import io
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+import wave
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +150,7 @@ def build_job(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "output_format": args.format,
         "captions": args.captions,
+        "stream": True if args.stream else None,
     }
     job.update({key: value for key, value in fields.items() if value is not None})
     if args.ref_audio is not None:
@@ -176,16 +188,15 @@ class Progress:
             print(f"progress: {done}/{total} chunks", file=sys.stderr, flush=True)
 
 
-def run_in_process(
+def local_worker_env(
     job_input: dict[str, Any],
     env: Mapping[str, str],
     *,
     tiny: bool,
-    progress: Callable[[int, int], None],
     download: Callable[..., object] | None = None,
-) -> dict[str, Any]:
-    """Run the job through handler.py's handler here; the result shaped like RunPod's job status. `download`
-    fetches a missing model (default: from the Hugging Face hub)."""
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """The environment of an in-process worker for this job (its models found, fetched or the tiny fallback) and
+    the job, capped as the tiny checkpoint needs. `download` fetches a missing model (default: the HF hub)."""
     from audio.settings import Settings
     from scripts.speak import TINY_MAX_NEW_TOKENS, model_dir_for
 
@@ -204,14 +215,93 @@ def run_in_process(
             params = dict(job_input.get("params") or {})
             params.setdefault("max_new_tokens", TINY_MAX_NEW_TOKENS)
             job_input = {**job_input, "params": params}
-    from handler import build, configure_logging
+    from handler import configure_logging
 
     configure_logging(env)
+    return env, job_input
+
+
+def run_in_process(
+    job_input: dict[str, Any],
+    env: Mapping[str, str],
+    *,
+    tiny: bool,
+    progress: Callable[[int, int], None],
+    download: Callable[..., object] | None = None,
+) -> dict[str, Any]:
+    """Run the job through handler.py's handler here; the result shaped like RunPod's job status."""
+    env, job_input = local_worker_env(job_input, env, tiny=tiny, download=download)
+    from handler import build
+
     _, handle = build(env, progress=progress)
     result = handle({"id": LOCAL_JOB_ID, "input": job_input})
     if "error" in result:
         return {"id": LOCAL_JOB_ID, "status": "FAILED", "error": result["error"]}
     return {"id": LOCAL_JOB_ID, "status": "COMPLETED", "output": result}
+
+
+def stream_in_process(
+    job_input: dict[str, Any],
+    env: Mapping[str, str],
+    *,
+    tiny: bool,
+    download: Callable[..., object] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The job's stream items as they are made, from handler.py's generator handler (a streaming deployment's)."""
+    env, job_input = local_worker_env(job_input, env, tiny=tiny, download=download)
+    from handler import build, make_stream_handler
+
+    worker, _ = build(env)
+    items = make_stream_handler(worker)({"id": LOCAL_JOB_ID, "input": job_input})
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(anext(items))
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.run_until_complete(items.aclose())  # an early stop cancels the generation
+        loop.close()
+
+
+def stream_local_api(url: str, job_input: dict[str, Any], *, timeout_s: float) -> Iterator[dict[str, Any]]:
+    """The local API's stream: POST /run stores the job, POST /stream/{id} runs it and answers with every item."""
+    base = url.rstrip("/").removesuffix("/runsync")
+    try:
+        queued = _json(requests.post(f"{base}/run", json={"input": job_input}, timeout=timeout_s))
+        if "id" not in queued:
+            raise JobFailed(f"{base}/run answered {json.dumps(queued)[:300]}")
+        body = _json(requests.post(f"{base}/stream/{queued['id']}", timeout=timeout_s))
+    except requests.RequestException as exc:
+        raise JobFailed(f"request to {base} failed: {type(exc).__name__}: {exc}") from None
+    if body.get("status") != "COMPLETED":
+        error = job_error(body) or body.get("status")
+        hint = " (is the worker running with QWEN_TTS_STREAMING=true?)" if "generator" in str(error) else ""
+        raise JobFailed(f"job {queued['id']} {body.get('status', 'FAILED')}: {error}{hint}")
+    for part in body.get("stream") or []:
+        yield part.get("output")
+
+
+def stream_endpoint(
+    endpoint_id: str, api_key: str, job_input: dict[str, Any], env: Mapping[str, str], *, timeout_s: float
+) -> Iterator[dict[str, Any]]:
+    """A deployed endpoint's stream: /run with the runpod client, then its `Job.stream()` (/stream/{id} polls)."""
+    import runpod
+    from runpod.endpoint.runner import Job, RunPodClient
+
+    client = RunPodClient(api_key=api_key)
+    client.endpoint_url_base = (env.get("RUNPOD_ENDPOINT_BASE_URL") or runpod.endpoint_url_base).rstrip("/")
+    try:
+        queued = client.post(f"{endpoint_id}/run", {"input": job_input}, timeout=int(min(timeout_s, 60)))
+        if queued.get("status") not in (*PENDING, "COMPLETED"):
+            raise JobFailed(f"job {queued.get('id', '?')} {queued.get('status')}: {job_error(queued)}")
+        job = Job(endpoint_id, queued["id"], client)
+        yield from job.stream()
+    except (requests.RequestException, RuntimeError) as exc:  # RuntimeError: the client's 401 message
+        raise JobFailed(f"endpoint {endpoint_id}: {type(exc).__name__}: {exc}") from None
+    if job.job_status not in (None, "COMPLETED"):
+        raise JobFailed(f"job {job.job_id} ended with status {job.job_status}")
 
 
 def _progress_line(body: dict[str, Any], last: list[str]) -> None:
@@ -381,6 +471,73 @@ def report_items(output: dict[str, Any], status: str, args: argparse.Namespace) 
         print(f"wrote {path.stat().st_size} bytes to {path}")
 
 
+def item_line(item: dict[str, Any]) -> str:
+    line = f"item {item.get('index', '?')}"
+    if "chunk" in item:
+        line += f": segment {item['segment']} chunk {item['chunk']}"
+    if "start_seconds" in item:
+        line += f", {item['start_seconds']:.2f} s + {item['duration_seconds']:.2f} s"
+    return line + f" ({len(base64.b64decode(item.get('audio_base64') or ''))} bytes)"
+
+
+def joined_audio(items: list[dict[str, Any]], path: Path) -> bytes:
+    """The stream's audio as one file: pcm as a 16-bit WAV (raw if `path` is not .wav), wav items' samples in one
+    WAV, any other format's bytes concatenated."""
+    fmt = items[-1]["format"]
+    rate = items[-1]["sample_rate"]
+    data = [base64.b64decode(item["audio_base64"]) for item in items]
+    if fmt == "wav":
+        frames = []
+        for blob in filter(None, data):
+            with wave.open(io.BytesIO(blob)) as w:
+                frames.append(w.readframes(w.getnframes()))
+        data = frames
+    elif fmt != "pcm" or path.suffix.lower() != ".wav":
+        return b"".join(data)
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"".join(data))
+    return buf.getvalue()
+
+
+def report_stream(
+    items: Iterator[dict[str, Any]], job_input: dict[str, Any], args: argparse.Namespace, started: float
+) -> None:
+    """Print a line per stream item as it comes, then the metadata; save the joined audio (and captions)."""
+    got: list[dict[str, Any]] = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise JobFailed(f"the stream carried {str(item)[:300]}")
+        if "error" in item:
+            where = "local" if not (args.url or args.endpoint_id) else "stream"
+            raise JobFailed(f"job {where} FAILED: {job_error({'status': 'FAILED', 'error': item['error']})}")
+        if "audio_base64" not in item or "index" not in item:  # a non-stream job's one result
+            raise JobFailed("the worker answered with a whole result, not stream items: is it a streaming worker?")
+        got.append(item)
+        print(item_line(item), flush=True)
+    if not got or "metadata" not in got[-1]:
+        raise JobFailed(f"the stream ended after {len(got)} item(s) without the last item's metadata")
+    metadata = got[-1]["metadata"]
+    print(
+        f"COMPLETED in {time.perf_counter() - started:.1f} s: {len(got)} stream items, "
+        f"{metadata['duration_seconds']:.2f} s of audio"
+    )
+    print(json.dumps(metadata, indent=2))
+    fmt = got[-1]["format"]
+    default = "wav" if fmt == "pcm" and "output_format" not in job_input else fmt
+    path = args.save or Path(f"output.{default}")
+    data = joined_audio(got, path)
+    _write(path, data)
+    print(f"wrote {len(data)} bytes to {path}")
+    if isinstance(got[-1].get("captions"), str):
+        captions = path.with_suffix(f".{job_input.get('captions') or 'srt'}")
+        _write(captions, got[-1]["captions"].encode("utf-8"))
+        print(f"wrote captions to {captions}")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -409,6 +566,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="make sampling reproducible")
     parser.add_argument("--format", help="output format: wav, mp3, flac, opus, aac, pcm")
     parser.add_argument("--captions", choices=["srt", "vtt"], help="ask for captions, saved beside the audio")
+    parser.add_argument("--stream", action="store_true", help="stream: true; print each item as it comes")
     parser.add_argument(
         "--save", "--out", dest="save", type=Path, metavar="FILE", help="audio file (default: output.<format>)"
     )
@@ -430,6 +588,16 @@ def main(
     try:
         job_input = build_job(args)
         started = time.perf_counter()
+        if args.stream:
+            if args.endpoint_id:
+                key = endpoint_key(args, env)
+                items = stream_endpoint(args.endpoint_id, key, job_input, env, timeout_s=args.timeout)
+            elif args.url:
+                items = stream_local_api(args.url, job_input, timeout_s=args.timeout)
+            else:
+                items = stream_in_process(job_input, env, tiny=args.tiny, download=download)
+            report_stream(items, job_input, args, started)
+            return 0
         if args.endpoint_id:
             key = endpoint_key(args, env)
             started = time.perf_counter()

@@ -102,6 +102,8 @@ def test_readme_shows_the_seeds_command_forms():
     assert ["--save", "my_audio.wav"] in forms
     assert ["--payload", "my_job.json"] in forms
     assert ["--format", "mp3"] in forms
+    assert ["--captions", "srt"] in forms
+    assert ["--stream"] in forms
 
 
 @pytest.mark.parametrize("line", README_COMMANDS, ids=lambda line: line.removeprefix(SCRIPT).split("#")[0].strip())
@@ -115,14 +117,25 @@ def test_readme_command_works_as_written(line, cli_env, tmp_path, monkeypatch, c
     assert BANNER in err
     metadata = printed_metadata(out)
     fmt = metadata["format"]
-    saved = Path(argv[argv.index("--save") + 1]) if "--save" in argv else Path(f"output.{fmt}")
+    streamed = "--stream" in argv
+    default = "wav" if streamed and fmt == "pcm" else fmt  # a stream's pcm items are saved as one WAV
+    saved = Path(argv[argv.index("--save") + 1]) if "--save" in argv else Path(f"output.{default}")
     assert f"wrote {saved.stat().st_size} bytes to {saved}" in out
-    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".json") == [saved.name]
+    files = [saved.name]
+    if "--captions" in argv:
+        files.append(saved.with_suffix(f".{argv[argv.index('--captions') + 1]}").name)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".json") == sorted(files)
     chunks = metadata["num_chunks"]
     assert metadata["duration_seconds"] == pytest.approx(
         chunks * TINY_CHUNK_S + (metadata["num_segments"] - 1) * PAUSE_S
     )
-    check_audio(saved, fmt, metadata)
+    if streamed:
+        assert len(ITEM_RE.findall(out)) == metadata["stream_items"]
+        samples, rate = sf.read(saved, dtype="int16")
+        assert (rate, len(samples) * 2) == (RATE, metadata["size_bytes"])
+        assert len(samples) == round(metadata["duration_seconds"] * RATE)
+    else:
+        check_audio(saved, fmt, metadata)
 
 
 # -- each form's specifics, in process ------------------------------------------------------------------------
@@ -577,3 +590,124 @@ def test_a_join_false_job_saves_each_item(cli_env, tmp_path, monkeypatch, capsys
         samples, rate = sf.read(tmp_path / f"lines.{i}.wav", dtype="float32")
         assert (rate, len(samples)) == (RATE, 19 * FRAME)
         assert f"wrote {(tmp_path / f'lines.{i}.wav').stat().st_size} bytes to lines.{i}.wav" in out
+
+
+# -- captions and streams, in process on the tiny checkpoint ---------------------------------------------------
+
+CUE_RE = re.compile(r"(\d+):(\d\d):(\d\d)[.,](\d{3}) --> (\d+):(\d\d):(\d\d)[.,](\d{3})\n(.+?)(?:\n\n|\n?$)", re.S)
+
+
+def parsed_cues(text: str) -> list[tuple[float, float, str]]:
+    """(start_s, end_s, text) of each SRT / WebVTT cue."""
+    out = []
+    for m in CUE_RE.finditer(text):
+        h1, m1, s1, ms1, h2, m2, s2, ms2 = map(int, m.groups()[:8])
+        out.append((h1 * 3600 + m1 * 60 + s1 + ms1 / 1000, h2 * 3600 + m2 * 60 + s2 + ms2 / 1000, m.group(9)))
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["srt", "vtt"])
+def test_captions_are_saved_beside_the_audio_on_the_tiny_model(cli_env, tmp_path, capsys, fmt):
+    audio = tmp_path / "talk.wav"
+    argv = ["--tiny", "--text", "Hello there. How are you today?", "--captions", fmt, "--save", str(audio)]
+    code, out, err = run_cli(argv, cli_env, capsys)
+    assert code == 0, err[-2000:]
+    saved = tmp_path / f"talk.{fmt}"
+    assert f"wrote captions to {saved}" in out
+    text = saved.read_text()
+    assert text.startswith("WEBVTT\n\n" if fmt == "vtt" else "1\n")
+    cues = parsed_cues(text)
+    assert [cue[2] for cue in cues] == ["Hello there.", "How are you today?"]
+    assert cues[0][0] == 0.0
+    decoded_s = check_audio(audio, "wav", printed_metadata(out))
+    assert cues[-1][1] == pytest.approx(decoded_s, abs=0.05)
+
+
+ITEM_RE = re.compile(r"^item (\d+): segment (\d+) chunk (\d+), (\d+\.\d\d) s \+ (\d+\.\d\d) s \((\d+) bytes\)$", re.M)
+STREAM_TEXT = "Hello there. How are you today? Fine, thanks."
+
+
+def test_stream_in_process_prints_each_item_and_saves_the_joined_wav(cli_env, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(["--tiny", "--stream", "--text", STREAM_TEXT, "--captions", "vtt"], cli_env, capsys)
+    assert code == 0, err[-2000:]
+    items = ITEM_RE.findall(out)
+    metadata = printed_metadata(out)
+    assert [int(i[0]) for i in items] == list(range(metadata["stream_items"]))
+    assert metadata["stream_items"] > 1 and metadata["format"] == "pcm"
+    # Each item starts where the one before it ended; their pcm bytes are the stream's whole size.
+    assert sum(int(i[5]) for i in items) == metadata["size_bytes"]
+    ends = [float(i[3]) + float(i[4]) for i in items]
+    assert [float(i[3]) for i in items[1:]] == pytest.approx(ends[:-1], abs=0.011)
+    assert re.search(rf"COMPLETED in \d+\.\d s: {len(items)} stream items, 1\.52 s of audio", out)
+    saved = tmp_path / "output.wav"  # pcm items, saved as one WAV
+    assert f"wrote {saved.stat().st_size} bytes to output.wav" in out
+    samples, rate = sf.read(saved, dtype="int16")
+    assert (rate, len(samples) * 2) == (RATE, metadata["size_bytes"])
+    assert len(samples) / RATE == metadata["duration_seconds"] == TINY_CHUNK_S
+    cues = parsed_cues((tmp_path / "output.vtt").read_text())
+    assert [c[2] for c in cues] == ["Hello there.", "How are you today?", "Fine, thanks."]
+    assert cues[-1][1] == pytest.approx(len(samples) / RATE, abs=0.05)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["output.vtt", "output.wav"]
+
+
+@pytest.mark.parametrize("fmt, suffix", [("pcm", ".pcm"), ("wav", ".wav")], ids=["raw-pcm", "wav-items"])
+def test_stream_formats_save_one_file(cli_env, tmp_path, capsys, fmt, suffix):
+    saved = tmp_path / f"stream{suffix}"
+    argv = ["--tiny", "--stream", "--text", STREAM_TEXT, "--format", fmt, "--save", str(saved)]
+    code, out, err = run_cli(argv, cli_env, capsys)
+    assert code == 0, err[-2000:]
+    metadata = printed_metadata(out)
+    data = saved.read_bytes()
+    if fmt == "pcm":
+        assert len(data) == metadata["size_bytes"] == round(TINY_CHUNK_S * RATE) * 2
+    else:
+        samples, rate = sf.read(io.BytesIO(data), dtype="int16")
+        assert (rate, len(samples)) == (RATE, round(TINY_CHUNK_S * RATE))
+
+
+def test_stream_failed_job_exits_1_with_the_code(cli_env, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["--tiny", "--stream", "--text", "Hi.", "--voice", "nobody"], cli_env, capsys)
+    assert code == 1
+    assert err.splitlines()[-1].startswith("error: job local FAILED: invalid_input: unknown voice 'nobody'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def pcm_item(index: int, samples: int, start_s: float, **extra: Any) -> dict[str, Any]:
+    data = b"\x01\x00" * samples
+    return {
+        "index": index,
+        "audio_base64": base64.b64encode(data).decode(),
+        "format": "pcm",
+        "sample_rate": RATE,
+        "segment": 0,
+        "chunk": 0,
+        "start_seconds": start_s,
+        "duration_seconds": samples / RATE,
+        **extra,
+    }
+
+
+def test_deployed_endpoint_stream_through_the_runpod_client(fake_worker, tmp_path, capsys):
+    meta = {**METADATA, "format": "pcm", "duration_seconds": 0.75, "stream_items": 2}
+    first, last = pcm_item(0, 12000, 0.0), pcm_item(1, 6000, 0.5, metadata=meta)
+    fake_worker.answer("/abc123/run", {"id": "job-s", "status": "IN_QUEUE"})
+    fake_worker.answer(
+        "/abc123/stream/job-s",
+        {"status": "IN_PROGRESS", "stream": [{"output": first}]},
+        {"status": "COMPLETED", "stream": [{"output": last}]},
+        {"status": "COMPLETED", "stream": []},
+    )
+    out = tmp_path / "streamed.wav"
+    code = client.main(["--endpoint-id", "abc123", "--stream", "--save", str(out)], env=endpoint_env(fake_worker))
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "item 0: segment 0 chunk 0, 0.00 s + 0.50 s (24000 bytes)\nitem 1: segment 0 chunk 0, 0.50 s + 0.25 s" in (
+        printed
+    )
+    run, *polls = fake_worker.requests
+    assert run["json"] == {"input": {**TEST_INPUT["input"], "stream": True}}
+    assert [(p["method"], p["path"]) for p in polls] == [("GET", "/abc123/stream/job-s")] * 3
+    samples, rate = sf.read(out, dtype="int16")
+    assert (rate, len(samples), int(samples.max())) == (RATE, 18000, 1)

@@ -299,3 +299,34 @@ def test_streaming_deployment_runsync_returns_the_items_in_order(tiny_model_dir)
     want = np.frombuffer(base64.b64decode(result["audio_base64"]), "<i2").astype(int)
     got = np.concatenate([np.frombuffer(base64.b64decode(i["audio_base64"]), "<i2") for i in items]).astype(int)
     assert len(got) == len(want) and np.max(np.abs(got - want)) <= 2  # within 2 LSB (incremental decode)
+
+
+def test_local_runpod_test_url_stream_on_a_streaming_worker(tiny_model_dir, tmp_path, capsys):
+    """`--stream --url`: /run then /stream/{id} on a real QWEN_TTS_STREAMING=true local API; the joined WAV."""
+    from scripts import local_runpod_test as cli
+
+    text = "Hello there. How are you today? Fine, thanks."
+    job = json.dumps({"text": text, "seed": 5, "params": {"max_new_tokens": 20}})
+    out = tmp_path / "streamed.wav"
+    with serving(tiny_model_dir, tmp_path / "api.log", QWEN_TTS_STREAMING="true") as url:
+        code = cli.main(["--url", url, "--stream", "--input", job, "--captions", "srt", "--save", str(out)], env={})
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    metadata = json.JSONDecoder().raw_decode(printed[printed.index("{") :])[0]
+    items = re.findall(r"^item (\d+): segment 0 chunk \d+, ", printed, re.M)
+    assert [int(i) for i in items] == list(range(metadata["stream_items"]))
+    samples, rate = sf.read(out, dtype="int16")
+    assert (rate, len(samples) * 2) == (24000, metadata["size_bytes"])
+    assert len(samples) / 24000 == metadata["duration_seconds"] == 19 * 1920 / 24000
+    assert (tmp_path / "streamed.srt").read_text().count(" --> ") == 3
+
+
+def test_local_runpod_test_url_stream_on_a_default_worker_says_what_to_set(local_api, tmp_path, capsys):
+    from scripts import local_runpod_test as cli
+
+    argv = ["--url", local_api, "--stream", "--input", json.dumps(JOB), "--save", str(tmp_path / "x.wav")]
+    assert cli.main(argv, env={}) == 1
+    err = capsys.readouterr().err
+    assert "Stream not supported, handler must be a generator." in err
+    assert "(is the worker running with QWEN_TTS_STREAMING=true?)" in err
+    assert not (tmp_path / "x.wav").exists()

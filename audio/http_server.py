@@ -152,17 +152,20 @@ def create_app(worker: Any, *, preload: bool = True) -> Any:
             return None, fail("invalid_input", "the request body must be a JSON object", openai=openai)
         return body, None
 
+    def busy(openai: bool) -> Any:
+        return fail(
+            "rate_limited",
+            f"the worker is busy ({admission.limit} requests running or queued); retry after {RETRY_AFTER_S}s",
+            openai=openai,
+            status=429,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
     async def admitted(openai: bool, call) -> Any:
         if (refused := unavailable(openai)) is not None:
             return refused
         if not admission.try_enter():
-            return fail(
-                "rate_limited",
-                f"the worker is busy ({admission.limit} requests running or queued); retry after {RETRY_AFTER_S}s",
-                openai=openai,
-                status=429,
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
+            return busy(openai)
         try:
             return await call()
         finally:
@@ -252,13 +255,7 @@ def create_app(worker: Any, *, preload: bool = True) -> Any:
         if (refused := unavailable(True)) is not None:
             return refused
         if not admission.try_enter():
-            return fail(
-                "rate_limited",
-                f"the worker is busy ({admission.limit} requests running or queued); retry after {RETRY_AFTER_S}s",
-                openai=True,
-                status=429,
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
+            return busy(True)
         response = None
         try:
             response = await call()

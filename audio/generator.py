@@ -8,7 +8,6 @@ reaches here; no sleeps, no silent drops: a chunk that still fails after its ret
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import secrets
@@ -25,7 +24,7 @@ from audio.errors import InputError, SynthesisError
 from audio.quality import QualityLimits, check_chunk, frame_budget
 from audio.reference import Reference, decode_reference, from_generated
 from audio.schema import JobPlan, SegmentPlan
-from audio.speech import ChunkRequest, SpeechModel, Voice
+from audio.speech import ChunkRequest, SpeechModel, Voice, derive_seed
 from audio.splitter import CLAUSE, FORCED, SENTENCE, split_chunks
 from audio.spoken import is_speakable, spoken_weight
 from audio.voice_cache import ClonePromptCache
@@ -117,11 +116,6 @@ def _chunks_for(segment_index: int, segment: SegmentPlan, config: GeneratorConfi
             )
         )
     return chunks
-
-
-def _derive_seed(*parts: object) -> int:
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:4], "little")
 
 
 def _batches(chunks: list[Chunk], max_batch: int) -> list[list[Chunk]]:
@@ -390,7 +384,7 @@ class Generator:
         if user_cap is not None:
             budgets = [max(1, min(b, user_cap - 1)) for b in budgets]
         requests = [
-            ChunkRequest(c.text, budget, _derive_seed(seed, c.index, attempt))
+            ChunkRequest(c.text, budget, derive_seed(seed, c.index, attempt))
             for c, budget in zip(batch, budgets, strict=True)
         ]
         kwargs = {"language": language, "voice": voice, "params": plan.sampling, "clone_prompt": prompt}

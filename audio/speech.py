@@ -8,6 +8,7 @@ on qwen_tts's modules). `model_loader` finds, loads and caches them.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -75,6 +76,12 @@ class AudioPiece:
     first_frame: int  # index of the first codec frame this piece covers
     frames: int
     final: bool  # the chunk's last piece
+
+
+def derive_seed(*parts: object) -> int:
+    """A 32-bit seed determined by `parts` (a job seed, a chunk, an attempt, ...), the same on every machine."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
 
 
 def tokens_for_frames(frames: int) -> int:

@@ -252,9 +252,8 @@ class FrameLoop:
     ) -> Iterator[Step]:
         """Frames for each row until its EOS or its budget; yields one `Step` per frame index. Closing the
         iterator stops the generation (cancellation)."""
-        lengths = [p.embeds.shape[0] for p in prompts]
-        prompt_len, max_frames = max(lengths), max(budgets)
-        x, live = self._prefill_state(prompts, pad_embed, budgets, sampling, seeds, prompt_len + max_frames)
+        prompt_len, max_frames = max(p.embeds.shape[0] for p in prompts), max(budgets)
+        x, live = self._prefill_state(prompts, pad_embed, budgets, sampling, seeds, prompt_len, max_frames)
         cos_table, sin_table = self.rope(prompt_len + max_frames)
         cos = cos_table[live.positions[:, :prompt_len]].unsqueeze(1)
         sin = sin_table[live.positions[:, :prompt_len]].unsqueeze(1)
@@ -296,11 +295,13 @@ class FrameLoop:
         budgets: Sequence[int],
         sampling: Sequence[RowSampling],
         seeds: Sequence[int],
-        total: int,
+        prompt_len: int,
+        max_frames: int,
     ) -> tuple[torch.Tensor, _Rows]:
+        """The left-padded prompt batch [B, prompt_len, H] and the rows' state for `prompt_len + max_frames` slots."""
         batch, device = len(prompts), self.device
         lengths = [p.embeds.shape[0] for p in prompts]
-        prompt_len, max_frames = max(lengths), max(budgets)
+        total = prompt_len + max_frames
         hidden_size = pad_embed.shape[-1]
         # Left-pad the prompts; each row keeps its own positions (padding shifts nothing).
         x = torch.zeros(batch, prompt_len, hidden_size, dtype=self.dtype, device=device)

@@ -6,7 +6,6 @@ batch, and calls must not run concurrently on one process.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,13 +14,7 @@ import numpy as np
 from audio.engine.base import QwenSpeech
 from audio.engine.prompts import call_generate
 from audio.errors import ModelError
-from audio.speech import ChunkRequest, Voice, tokens_for_frames
-
-
-def batch_seed(requests: Sequence[ChunkRequest]) -> int:
-    """One seed for a whole call, from its chunks' seeds (a retry's chunks have new seeds, so a new sample)."""
-    digest = hashlib.sha256(repr([r.seed for r in requests]).encode()).digest()
-    return int.from_bytes(digest[:4], "little")
+from audio.speech import ChunkRequest, Voice, derive_seed, tokens_for_frames
 
 
 class ReferenceEngine(QwenSpeech):
@@ -38,7 +31,8 @@ class ReferenceEngine(QwenSpeech):
     ) -> list[np.ndarray]:
         import torch
 
-        seed = batch_seed(requests)
+        # One seed for the whole call, from its chunks' seeds (a retry's chunks have new seeds: a new sample).
+        seed = derive_seed(*(r.seed for r in requests))
         torch.manual_seed(seed)
         if torch.cuda.is_available():
             torch.cuda.manual_seed_all(seed)

@@ -26,35 +26,28 @@ from audio.model_gate import gated
 from audio.model_loader import ModelCache, download_hint, find_model_path, versions
 from audio.openai_compat import is_openai_job, to_job_input
 from audio.quality import QualityLimits
-from audio.reference import FetchPolicy, Reference, decode_audio, decode_reference, prepare, reference_bytes
+from audio.reference import FetchPolicy, Reference, decode_reference
 from audio.schema import (
     INFO_ACTIONS,
     VOICE_ACTIONS,
-    CreateVoiceJob,
     JobPlan,
     SegmentPlan,
-    VoiceIdJob,
     parse_job,
-    parse_voice_action,
     plan_job,
-    resolve_job_language,
 )
 from audio.settings import Settings
-from audio.speech import SpeechModel, Voice
+from audio.speech import SpeechModel
+from audio.voice_actions import VoiceActions
 from audio.voice_cache import ClonePromptCache
-from audio.voice_store import VoiceStore, check_name
+from audio.voice_store import VoiceStore
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
 TRUE_PEAK_DBTP = -1.0  # the ceiling under a loudness target (EBU R128 / streaming practice)
-DESIGN_MODEL = "1.7B-VoiceDesign"
 STREAM_UNSUPPORTED = (
     "stream needs a streaming deployment (QWEN_TTS_STREAMING=true, or the HTTP mode): the whole result is returned"
 )
-BASE_MODELS = ("1.7B-Base", "0.6B-Base")
-# What a designed voice says in its saved sample (then its clone transcript) unless sample_text is given.
-DESIGN_SAMPLE_TEXT = "Hello! This is my voice. I read stories, news and notes in a clear, natural way."
 
 
 def generator_config(settings: Settings) -> GeneratorConfig:
@@ -124,6 +117,7 @@ class Worker:
         )
         self.prompts = ClonePromptCache(settings.voice_cache, saved=self.voices)
         # Tests may wrap the real models (failure injection, call counting); production uses the cache.
+        self.voice_actions = VoiceActions(self)
         self.generator = Generator(
             gated(get_model or self.models.get, max_rows=settings.max_batch),
             generator_config(settings),
@@ -189,7 +183,7 @@ class Worker:
     def handle(self, job_input: Any, job_id: str, on_progress: ProgressFn | None = None) -> dict[str, Any]:
         action = job_input.get("action", "synthesize") if isinstance(job_input, dict) else "synthesize"
         if action in VOICE_ACTIONS:
-            return self.voice_action(job_input)
+            return self.voice_actions.handle(job_input)
         if action != "synthesize":
             extra = set(job_input) - {"action"}
             if extra and action in INFO_ACTIONS:
@@ -504,105 +498,3 @@ class Worker:
                 "default": self.settings.default_model,
             }
         raise InputError(f"unknown action {action!r}: use synthesize, {', '.join(INFO_ACTIONS + VOICE_ACTIONS)}")
-
-    # -- saved voices -------------------------------------------------------------------------------------------
-    def voice_action(self, job_input: dict[str, Any]) -> dict[str, Any]:
-        request = parse_voice_action(job_input)
-        if isinstance(request, CreateVoiceJob):
-            return self.create_voice(request)
-        if isinstance(request, VoiceIdJob):
-            voice = self.voices.delete(request.voice_id) if request.action == "delete_voice" else None
-            if voice is not None:
-                return {"deleted": True, "voice_id": voice.voice_id, "name": voice.name}
-            voice = self.voices.get(request.voice_id)
-            return voice.public(self.voices.prompt_models(voice.voice_id))
-        return {"voices": [v.public(self.voices.prompt_models(v.voice_id)) for v in self.voices.list()]}
-
-    def create_voice(self, request: CreateVoiceJob) -> dict[str, Any]:
-        check_name(request.name)
-        self.voices.check_writable()  # before fetching or generating anything
-        language = resolve_job_language(request.language)
-        build_for = None
-        if request.model is not None:
-            variant = catalog.find_model(request.model)
-            if variant is None or variant.kind != catalog.BASE:
-                raise InputError(f"create_voice model must be a Base model ({', '.join(BASE_MODELS)})")
-            build_for = variant.name
-        if (request.ref_audio is None) == (request.instruct is None):
-            raise InputError("create_voice needs one of ref_audio (a clip to clone) or instruct (a description)")
-        warnings: list[str] = []
-        if request.ref_audio is not None:
-            if request.sample_text is not None or request.params is not None:
-                raise InputError("sample_text and params are for designed voices (instruct); a clip has ref_text")
-            if not request.x_vector_only and not (request.ref_text and request.ref_text.strip()):
-                raise InputError(
-                    "create_voice needs ref_text (the transcript of ref_audio) unless x_vector_only is true"
-                )
-            data = reference_bytes(request.ref_audio, self.fetch_policy)
-            # Stored at a Base model's rate; another Base model resamples it to its own on use.
-            rate = self._reference_rate(build_for)
-            reference = prepare(decode_audio(data, rate), rate)
-            warnings.extend(reference.warnings)
-            source, ref_text, instruct = "reference", request.ref_text, None
-        else:
-            if request.ref_text is not None or request.x_vector_only:
-                raise InputError("a designed voice (instruct) takes sample_text, not ref_text/x_vector_only")
-            reference, ref_text = self._design_reference(request, language)
-            source, instruct = "design", request.instruct
-        voice = self.voices.create(
-            request.name,
-            reference,
-            source=source,
-            ref_text=ref_text,
-            x_vector_only=request.x_vector_only,
-            language=language,
-            instruct=instruct,
-        )
-        if build_for is not None:
-            model = self.generator.get_model(build_for)
-            ref = self.voices.reference(voice.voice_id, model.sample_rate)
-            clone = Voice(
-                ref_audio=(ref.samples, ref.sample_rate),
-                ref_text=voice.ref_text,
-                x_vector_only=voice.x_vector_only,
-                ref_key=ref.key,
-                saved_voice=voice.voice_id,
-            )
-            self.prompts.get(build_for, model, clone)
-        out = voice.public(self.voices.prompt_models(voice.voice_id))
-        if warnings:
-            out["warnings"] = warnings
-        return out
-
-    def _reference_rate(self, model_name: str | None) -> int:
-        """A Base model's rate: the one named, else a loaded one, else the first present (loading it)."""
-        if model_name is None:
-            loaded = [n for n in self.models.loaded() if n in BASE_MODELS]
-            present = [n for n in BASE_MODELS if find_model_path(catalog.MODELS[n], self.settings) is not None]
-            model_name = (loaded or present or [None])[0]
-        if model_name is None:
-            raise ModelError(self._no_base_message())
-        return self.generator.get_model(model_name).sample_rate
-
-    def _no_base_message(self) -> str:
-        return (
-            "saved voices are clone references and need a Base model (1.7B-Base or 0.6B-Base) on this worker; "
-            f"none is present in {self.settings.model_dir}. Download one: python scripts/download_models.py 0.6B-Base"
-        )
-
-    def _design_reference(self, request: CreateVoiceJob, language: str) -> tuple[Reference, str]:
-        """Qwen's design-then-clone recipe: the VoiceDesign model speaks a sample in the described voice, which
-        becomes the saved voice's clone reference with its text as the transcript."""
-        if not any(find_model_path(catalog.MODELS[n], self.settings) is not None for n in BASE_MODELS):
-            raise ModelError(self._no_base_message())
-        text = (request.sample_text or DESIGN_SAMPLE_TEXT).strip()
-        job = {"model": DESIGN_MODEL, "text": text, "instruct": request.instruct, "language": language}
-        if request.seed is not None:
-            job["seed"] = request.seed
-        if request.params is not None:
-            job["params"] = request.params.model_dump(exclude_none=True)
-        synthesis = self.generator.run(
-            plan_job(parse_job(job), default_model=DESIGN_MODEL, max_chars=self.settings.max_chars)
-        )
-        samples = joiner.join(synthesis.chunks, [0] * len(synthesis.chunks), synthesis.crossfade)
-        return prepare(samples, synthesis.sample_rate), text

@@ -203,7 +203,7 @@ def create_app(worker: Any, *, preload: bool = True) -> Any:
     @app.get("/v1/audio/voices")
     async def voices() -> Any:
         out = worker.info("voices")
-        out["saved"] = (await asyncio.to_thread(worker.voice_action, {"action": "list_voices"}))["voices"]
+        out["saved"] = (await asyncio.to_thread(worker.voice_actions.handle, {"action": "list_voices"}))["voices"]
         return out
 
     @app.post("/v1/audio/speech")

@@ -18,16 +18,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from audio import joiner
 from audio.catalog import VOICE_DESIGN
 from audio.errors import InputError, SynthesisError
+from audio.output import joiner
 from audio.quality import QualityLimits, check_chunk, frame_budget
-from audio.reference import Reference, decode_reference, from_generated
 from audio.schema import JobPlan, SegmentPlan
 from audio.speech import ChunkRequest, SpeechModel, Voice, derive_seed
-from audio.splitter import CLAUSE, FORCED, SENTENCE, split_chunks
-from audio.spoken import is_speakable, spoken_weight
-from audio.voice_cache import ClonePromptCache
+from audio.text.splitter import CLAUSE, FORCED, SENTENCE, split_chunks
+from audio.text.spoken import is_speakable, spoken_weight
+from audio.voices.cache import ClonePromptCache
+from audio.voices.reference import Reference, decode_reference, from_generated
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from audio.catalog import MODELS, TOKENIZER_DIR_NAME, ModelVariant
 from audio.errors import ModelError
 from audio.settings import Settings
-from audio.splitter import CJK_WEIGHT
+from audio.text.splitter import CJK_WEIGHT
 
 if TYPE_CHECKING:
     from audio.engine.base import QwenSpeech

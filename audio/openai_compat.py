@@ -5,7 +5,7 @@ Owns which OpenAI speech fields are accepted, their checks (OpenAI's own limits:
 characters, `speed` 0.25-4.0), and the mapping: `input` -> `text`, `voice` -> `voice`, `instructions` ->
 `instruct`, `response_format` (default mp3) -> `output_format`, and OpenAI's model names -> the worker's
 default model. `speed` has no contract field: it is returned beside the job for the caller to apply after
-synthesis (`audio.postprocess.time_stretch`, pitch kept). Everything else (voice names and aliases, model
+synthesis (`audio.output.postprocess.time_stretch`, pitch kept). Everything else (voice names and aliases, model
 kinds, text limits) is left to `audio.schema`, like any other job. Pure: no I/O, no model, no environment.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from audio.catalog import BASE, CUSTOM_VOICE, MODELS, VOICE_DESIGN, find_model
 from audio.errors import InputError
-from audio.voice_store import is_voice_id
+from audio.voices.store import is_voice_id
 
 OPENAI_SPEECH_ROUTE = "/v1/audio/speech"
 # The same route as a client with a base URL that already ends in /v1 might name it.

@@ -26,12 +26,12 @@ from audio.catalog import (
     resolve_language,
     resolve_voice,
 )
-from audio.delivery import MODES as DELIVERY_MODES
-from audio.encoders import FORMATS as OUTPUT_FORMATS
-from audio.encoders import G711_FORMATS
 from audio.errors import InputError
-from audio.spoken import is_speakable
-from audio.voice_store import is_voice_id
+from audio.output.delivery import MODES as DELIVERY_MODES
+from audio.output.encoders import FORMATS as OUTPUT_FORMATS
+from audio.output.encoders import G711_FORMATS
+from audio.text.spoken import is_speakable
+from audio.voices.store import is_voice_id
 
 INFO_ACTIONS = ("health", "voices", "languages", "models")
 VOICE_ACTIONS = ("create_voice", "list_voices", "get_voice", "delete_voice")

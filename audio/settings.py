@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from audio.catalog import DEFAULT_MODEL, find_model
-from audio.delivery import S3Config
+from audio.output.delivery import S3Config
 from audio.speech import DEFAULT_ENGINE, ENGINES
 
 DEFAULT_MODEL_DIR = "/runpod-volume/models"

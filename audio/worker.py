@@ -1,7 +1,10 @@
-"""One worker's job flow: validate → generate → level/resample → join → encode → deliver, plus info actions.
+"""One job's flow: validate → plan → generate → render (audio/render.py) → deliver, with its metadata
+(audio/results.py); other actions are routed to the voice actions (audio/voices/actions.py) or the info
+actions (audio/info.py).
 
-A `Worker` holds what lives as long as the process (settings, the model cache, the S3 client). It raises the
-typed errors of `audio.errors`; `handler.py` alone turns them into the contract's error objects.
+A `Worker` holds what lives as long as the process (settings, the model cache, the voice store and prompt cache,
+the S3 client). It raises the typed errors of `audio.errors`; the entry points' service
+(audio/serving/service.py) alone turns them into the contract's error objects.
 """
 
 from __future__ import annotations
@@ -17,34 +20,28 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from audio import captions, catalog, encoders, joiner, postprocess
-from audio.delivery import Deliverer
+from audio import catalog, info, render, results
 from audio.errors import InputError, ModelError, WorkerUnusable
 from audio.generator import Generator, GeneratorConfig, Synthesis
 from audio.lifecycle import unusable_reason
 from audio.model_gate import gated
-from audio.model_loader import ModelCache, download_hint, find_model_path, versions
+from audio.model_loader import ModelCache, download_hint, find_model_path
 from audio.openai_compat import is_openai_job, to_job_input
+from audio.output import encoders, joiner, postprocess
+from audio.output.delivery import Deliverer
 from audio.quality import QualityLimits
-from audio.reference import FetchPolicy, Reference, decode_reference
-from audio.schema import (
-    INFO_ACTIONS,
-    VOICE_ACTIONS,
-    JobPlan,
-    SegmentPlan,
-    parse_job,
-    plan_job,
-)
+from audio.schema import INFO_ACTIONS, VOICE_ACTIONS, JobPlan, SegmentPlan, parse_job, plan_job
 from audio.settings import Settings
 from audio.speech import SpeechModel
-from audio.voice_actions import VoiceActions
-from audio.voice_cache import ClonePromptCache
-from audio.voice_store import VoiceStore
+from audio.text import captions
+from audio.voices.actions import BASE_MODELS, VoiceActions, VoiceModels
+from audio.voices.cache import ClonePromptCache
+from audio.voices.reference import FetchPolicy, Reference, decode_reference
+from audio.voices.store import VoiceStore
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
-TRUE_PEAK_DBTP = -1.0  # the ceiling under a loudness target (EBU R128 / streaming practice)
 STREAM_UNSUPPORTED = (
     "stream needs a streaming deployment (QWEN_TTS_STREAMING=true, or the HTTP mode): the whole result is returned"
 )
@@ -78,27 +75,6 @@ def _warmup_reference() -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _timeline_entries(timeline: list[tuple[captions.TimedText, tuple[int, int]]], segment: int | None = None) -> list:
-    """`metadata.timeline`; `segment` names the segment of a `join: false` item (timed on its own)."""
-    return [
-        {
-            "segment": t.segment if segment is None else segment,
-            "start_s": round(t.start_s, 3),
-            "end_s": round(t.end_s, 3),
-            "chars": list(span),
-        }
-        for t, span in timeline
-    ]
-
-
-def gap_samples(synthesis: Synthesis) -> list[list[int]] | None:
-    """`joiner` gaps between chunks of each segment: zeros at the model's rate, or joiner.CROSSFADE."""
-    if synthesis.gaps_ms is None:
-        return None
-    rate = synthesis.sample_rate
-    return [[joiner.CROSSFADE if ms is None else round(rate * ms / 1000.0) for ms in seg] for seg in synthesis.gaps_ms]
-
-
 class Worker:
     def __init__(
         self,
@@ -117,13 +93,19 @@ class Worker:
         )
         self.prompts = ClonePromptCache(settings.voice_cache, saved=self.voices)
         # Tests may wrap the real models (failure injection, call counting); production uses the cache.
-        self.voice_actions = VoiceActions(self)
         self.generator = Generator(
             gated(get_model or self.models.get, max_rows=settings.max_batch),
             generator_config(settings),
             reference_for=self._reference_for,
             prompts=self.prompts,
         )
+        voice_models = VoiceModels(
+            get=self.generator.get_model,
+            base_models=self._base_models,
+            speak=self._speak,
+            model_dir=str(settings.model_dir),
+        )
+        self.voice_actions = VoiceActions(self.voices, self.prompts, voice_models, fetch_policy=self.fetch_policy)
         self.deliverer = Deliverer(settings.s3, settings.max_inline_bytes)
         self.started_at = time.time()
         self.startup_error: str | None = None  # why preload failed; then no job is synthesized
@@ -133,6 +115,17 @@ class Worker:
         if segment.saved_voice is not None:
             return self.voices.reference(segment.saved_voice, sample_rate)
         return decode_reference(segment.ref_audio, sample_rate, self.fetch_policy)
+
+    def _base_models(self) -> list[str]:
+        loaded = [n for n in self.models.loaded() if n in BASE_MODELS]
+        present = [n for n in BASE_MODELS if find_model_path(catalog.MODELS[n], self.settings) is not None]
+        return list(dict.fromkeys(loaded + present))
+
+    def _speak(self, job_input: dict[str, Any]) -> tuple[np.ndarray, int]:
+        """A synthesis job's chunks as one track at the model's rate (a designed voice's sample)."""
+        plan = plan_job(parse_job(job_input), default_model=job_input["model"], max_chars=self.settings.max_chars)
+        synthesis = self.generator.run(plan)
+        return joiner.join(synthesis.chunks, [0] * len(synthesis.chunks), synthesis.crossfade), synthesis.sample_rate
 
     def _with_saved_voices(self, plan: JobPlan) -> JobPlan:
         """Each saved voice's transcript, mode and language filled in from the volume (checked before any GPU
@@ -227,22 +220,22 @@ class Worker:
         synthesis = self.generator.run(plan, on_progress=on_progress)
         timeline = None
         if plan.join:
-            samples, sample_rate, audio, timed = self._render(synthesis, plan)
+            samples, sample_rate, audio, timed = render.track(synthesis, plan)
             result = self.deliverer.deliver(
                 audio,
                 fmt=plan.output_format,
-                content_type=self.content_type(plan),
+                content_type=render.content_type(plan),
                 job_id=job_id,
                 mode=plan.delivery,
             )
             duration_s, size_bytes = len(samples) / sample_rate, len(audio)
-            timeline = self.timeline_of(synthesis, plan, timed)
+            timeline = results.timeline_of(synthesis, plan, timed)
         else:
             result, sample_rate = self._deliver_items(synthesis, plan, job_id)
             duration_s = sum(item["metadata"]["duration_seconds"] for item in result["items"])
             size_bytes = sum(item["metadata"]["size_bytes"] for item in result["items"])
         elapsed = time.perf_counter() - started
-        metadata = self.metadata(
+        metadata = results.metadata(
             plan,
             synthesis,
             duration_s,
@@ -271,12 +264,12 @@ class Worker:
         rendered = []
         for i in range(len(plan.segments)):
             alone, one = synthesis.only_segment(i), dataclasses.replace(plan, segments=[plan.segments[i]])
-            samples, rate, audio, timed = self._render(alone, one)
-            rendered.append((samples, rate, audio, self.timeline_of(alone, one, timed)))
+            samples, rate, audio, timed = render.track(alone, one)
+            rendered.append((samples, rate, audio, results.timeline_of(alone, one, timed)))
         delivered = self.deliverer.deliver_items(
             [audio for _, _, audio, _ in rendered],
             fmt=plan.output_format,
-            content_type=self.content_type(plan),
+            content_type=render.content_type(plan),
             job_id=job_id,
             mode=plan.delivery,
         )
@@ -285,14 +278,7 @@ class Worker:
             item: dict[str, Any] = dict(out)
             if plan.captions is not None:
                 item["captions"] = captions.render(captions.cues([t for t, _ in timeline]), plan.captions)
-            item["metadata"] = {
-                "segment": i,
-                "text_chars": len(plan.segments[i].text),
-                "num_chunks": len(synthesis.chunks[i]),
-                "duration_seconds": round(len(samples) / rate, 3),
-                "size_bytes": len(audio),
-                "timeline": _timeline_entries(timeline, segment=i),
-            }
+            item["metadata"] = results.item_metadata(i, plan, synthesis, len(samples) / rate, len(audio), timeline)
             items.append(item)
         return {"items": items}, rendered[0][1]
 
@@ -307,194 +293,6 @@ class Worker:
                     f'volume: {download_hint(variant, self.settings)}; or send "voice_consistency": "none"'
                 )
 
-    @staticmethod
-    def timeline_of(
-        synthesis: Synthesis, plan: JobPlan, timed: list[list[tuple[float, float]]]
-    ) -> list[tuple[captions.TimedText, tuple[int, int]]]:
-        """One entry per chunk, in order: its text and time, and its character range in its segment's text."""
-        out = []
-        spans = synthesis.spans or [[] for _ in timed]
-        for i, (seg_times, seg_spans) in enumerate(zip(timed, spans, strict=True)):
-            text = plan.segments[i].text
-            for (start_s, end_s), (a, b) in zip(seg_times, seg_spans, strict=True):
-                out.append((captions.TimedText(i, start_s, end_s, text[a:b]), (a, b)))
-        return out
-
-    @staticmethod
-    def content_type(plan: JobPlan) -> str:
-        return encoders.WAV_CONTENT_TYPE if plan.wav_header else encoders.CONTENT_TYPES[plan.output_format]
-
-    @staticmethod
-    def metadata(
-        plan: JobPlan,
-        synthesis: Synthesis,
-        duration_s: float,
-        sample_rate: int,
-        size_bytes: int,
-        elapsed_s: float,
-        *,
-        timeline: list[tuple[captions.TimedText, tuple[int, int]]] | None = None,
-        num_items: int | None = None,
-    ) -> dict[str, Any]:
-        """A job's `metadata` (the streamed job's last item carries the same)."""
-        models = synthesis.models or plan.models
-        metadata: dict[str, Any] = {
-            "duration_seconds": round(duration_s, 3),
-            "sample_rate": encoders.encoded_rate(plan.output_format, sample_rate),
-            "format": plan.output_format,
-            "model": models[0] if len(models) == 1 else ", ".join(models),
-            "num_segments": len(plan.segments),
-            "num_chunks": synthesis.num_chunks,
-            "retries": synthesis.retries,
-            "size_bytes": size_bytes,
-            "generation_time_seconds": round(elapsed_s, 3),
-            "realtime_factor": round(duration_s / elapsed_s, 3) if elapsed_s > 0 else None,
-            "seed": synthesis.seed,
-        }
-        if timeline is not None:
-            metadata["timeline"] = _timeline_entries(timeline)
-        if num_items is not None:
-            metadata["num_items"] = num_items
-        if plan.speed != 1.0:
-            metadata["speed"] = plan.speed
-        if synthesis.voice_cache is not None:
-            metadata["voice_cache"] = synthesis.voice_cache
-        warnings = plan.warnings + synthesis.warnings
-        if warnings:
-            metadata["warnings"] = warnings
-        return metadata
-
-    @staticmethod
-    def finish(
-        synthesis: Synthesis, plan: JobPlan, *, true_peak_dbtp: float = TRUE_PEAK_DBTP
-    ) -> tuple[np.ndarray, int]:
-        """One track at the output rate (see `finish_timed`)."""
-        samples, rate, _ = Worker.finish_timed(synthesis, plan, true_peak_dbtp=true_peak_dbtp)
-        return samples, rate
-
-    @staticmethod
-    def finish_timed(
-        synthesis: Synthesis, plan: JobPlan, *, true_peak_dbtp: float = TRUE_PEAK_DBTP
-    ) -> tuple[np.ndarray, int, list[list[tuple[float, float]]]]:
-        """One track at the output rate: chunks of a segment joined with their pauses (a crossfade at a forced
-        cut), segments levelled (so speakers match) and joined with their pauses, then the tempo change. Built
-        in one pass when nothing per segment is needed. Also where each chunk lies in it: (start_s, end_s) per
-        chunk per segment, in the delivered track's time."""
-        model_rate = synthesis.sample_rate
-        rate = plan.sample_rate or model_rate
-        pauses = [int(rate * ms / 1000.0) for ms in synthesis.pauses_ms]
-        gaps = gap_samples(synthesis)
-        lengths = [[len(c) for c in seg] for seg in synthesis.chunks]
-        if rate == model_rate and plan.loudness_lufs is None:
-            joined = joiner.join(synthesis.chunks, pauses, synthesis.crossfade, gaps)
-            spans_s = [
-                [(a / rate, b / rate) for a, b in seg]
-                for seg in joiner.layout(lengths, pauses, synthesis.crossfade, gaps)
-            ]
-        else:
-            segments = []
-            inner = []
-            for i, chunks in enumerate(synthesis.chunks):
-                seg_gaps = [gaps[i]] if gaps is not None else None
-                audio = joiner.join([chunks], [0], synthesis.crossfade, seg_gaps)
-                inner.append(joiner.layout([lengths[i]], [0], synthesis.crossfade, seg_gaps)[0])
-                audio = postprocess.resample(audio, model_rate, rate)
-                if plan.loudness_lufs is not None:
-                    audio = postprocess.normalize_loudness(
-                        audio, rate, plan.loudness_lufs, true_peak_dbtp=true_peak_dbtp
-                    )
-                segments.append([audio])
-            joined = joiner.join(segments, pauses, crossfade=0)
-            starts = [seg[0][0] / rate for seg in joiner.layout([[len(s[0])] for s in segments], pauses, 0)]
-            spans_s = [
-                [(start + a / model_rate, start + b / model_rate) for a, b in seg]
-                for start, seg in zip(starts, inner, strict=True)
-            ]
-        stretched = postprocess.time_stretch(joined, rate, plan.speed)
-        # Times scale with the tempo change; measured on the lengths, so the last chunk ends with the track.
-        scale = len(stretched) / len(joined) if len(joined) else 1.0
-        end_s = len(stretched) / rate
-        timed = [[(min(a * scale, end_s), min(b * scale, end_s)) for a, b in seg] for seg in spans_s]
-        return stretched, rate, timed
-
-    def _render(
-        self, synthesis: Synthesis, plan: JobPlan
-    ) -> tuple[np.ndarray, int, bytes, list[list[tuple[float, float]]]]:
-        """Finished samples, their rate, the encoded bytes and each chunk's place in time.
-
-        Under a loudness target the true-peak ceiling holds for what a listener decodes: a lossy codec
-        overshoots the peaks it is given (about 1 dB for aac and opus), so the decoded stream is measured and
-        the levelling redone under a ceiling lowered by the overshoot (the limiter keeps the loudness)."""
-        ceiling = TRUE_PEAK_DBTP
-        for _ in range(3):
-            samples, rate, timed = self.finish_timed(synthesis, plan, true_peak_dbtp=ceiling)
-            audio = encoders.encode(samples, rate, plan.output_format, wav_header=plan.wav_header)
-            if plan.loudness_lufs is None or plan.output_format not in encoders.LOSSY_FORMATS:
-                break
-            decoded, decoded_rate = encoders.decode(audio, plan.output_format)
-            over_db = postprocess.true_peak_dbtp(decoded, decoded_rate) - TRUE_PEAK_DBTP
-            if over_db <= 0:
-                break
-            ceiling -= over_db + 0.1
-        return samples, rate, audio, timed
-
-    # -- info actions -----------------------------------------------------------------------------------------
     def info(self, action: str) -> dict[str, Any]:
-        if action == "health":
-            if self.startup_error is not None:
-                return {
-                    "status": "unavailable",
-                    "startup_error": self.startup_error,
-                    "loaded_models": self.models.loaded(),
-                    "model_loads": self.models.loads(),
-                    "default_model": self.settings.default_model,
-                    "uptime_seconds": round(time.time() - self.started_at, 1),
-                    "versions": versions(),
-                }
-            runtime = self.models.runtime
-            unusable = {"status": "unusable", "unusable_reason": self.unusable} if self.unusable else {}
-            return {
-                "status": "ok",
-                "device": runtime.device,
-                "dtype": runtime.dtype,
-                "attention": runtime.attention,
-                "engine": self.settings.engine,
-                "loaded_models": self.models.loaded(),
-                "model_loads": self.models.loads(),
-                "default_model": self.settings.default_model,
-                "output_formats": encoders.available_formats(),
-                "s3_configured": self.deliverer.s3_configured,
-                "uptime_seconds": round(time.time() - self.started_at, 1),
-                "versions": versions(),
-                **unusable,
-            }
-        if action == "voices":
-            return {
-                "custom_voice": [
-                    {"name": s.name, "native_language": s.native_language, "description": s.description}
-                    for s in catalog.SPEAKERS.values()
-                ],
-                "aliases": catalog.VOICE_ALIASES,
-                "default": catalog.DEFAULT_VOICE,
-                "voice_design": "describe the voice in `instruct` (model 1.7B-VoiceDesign)",
-                "base": "clone from `ref_audio` + `ref_text`, or `x_vector_only: true` (models 1.7B-Base, 0.6B-Base)",
-            }
-        if action == "languages":
-            return {"languages": list(catalog.LANGUAGES), "codes": catalog.LANGUAGE_CODES}
-        if action == "models":
-            return {
-                "models": [
-                    {
-                        "name": v.name,
-                        "id": v.repo_id,
-                        "kind": v.kind,
-                        "size": v.size,
-                        "instruct": v.honours_instruct,
-                        "present": find_model_path(v, self.settings) is not None,
-                        "loaded": v.name in self.models.loaded(),
-                    }
-                    for v in catalog.MODELS.values()
-                ],
-                "default": self.settings.default_model,
-            }
-        raise InputError(f"unknown action {action!r}: use synthesize, {', '.join(INFO_ACTIONS + VOICE_ACTIONS)}")
+        state = info.WorkerState(self.started_at, self.startup_error, self.unusable, self.deliverer.s3_configured)
+        return info.answer(action, self.settings, self.models, state)

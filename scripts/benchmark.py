@@ -12,7 +12,7 @@
 3. Join cost: 10 / 30 / 60 minutes of synthetic 24 kHz chunks joined with `joiner.join` (crossfade 40 ms,
    pause 300 ms), checked against `joiner.joined_length`. Also shown, without a target: the first (cold)
    60-minute join of the process, and the path a job really takes for 60 minutes (the generator's
-   Worker.finish: one join of all chunks when nothing is done per segment).
+   render.finish: one join of all chunks when nothing is done per segment).
 
 Without --model-dir it builds (or reuses) the tiny random checkpoints in .cache/tiny-models: those numbers
 say how the pipeline behaves, not how fast real Qwen3-TTS is. With --model-dir pointing at real weights and
@@ -42,9 +42,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from audio import catalog, encoders, joiner  # noqa: E402
+from audio import catalog  # noqa: E402
+from audio.output import encoders, joiner  # noqa: E402
 from audio.quality import check_chunk, frame_budget  # noqa: E402
-from audio.splitter import split_text, text_weight  # noqa: E402
+from audio.text.splitter import split_text, text_weight  # noqa: E402
 from scripts.bench_engines import ENGINE_VARIANTS, bench_engines, format_rows  # noqa: E402
 from scripts.bench_engines import checks as engine_checks  # noqa: E402
 
@@ -276,7 +277,7 @@ def bench_overhead(cache: Any, settings: Any, job: dict[str, Any], repeats: int)
 
 def _outside_parts(worker, wrapper, plan, synthesis, job, parse_job, plan_job) -> dict[str, float]:
     """Each step outside the model, timed again on the job's own data (so the sum roughly matches)."""
-    from audio.worker import Worker
+    from audio import render
 
     config = worker.generator.config
     rate, frame_samples = wrapper.sample_rate, wrapper.frame_samples
@@ -316,7 +317,7 @@ def _outside_parts(worker, wrapper, plan, synthesis, job, parse_job, plan_job) -
         return joiner.join([trimmed], [0], int(rate * config.crossfade_ms / 1000.0))
 
     _, parts["trim+crossfade"] = timed(trim_and_crossfade)
-    (samples, out_rate), parts["Worker.finish"] = timed(lambda: Worker.finish(synthesis, plan))
+    (samples, out_rate), parts["render.finish"] = timed(lambda: render.finish(synthesis, plan))
     audio, parts["encode " + plan.output_format] = timed(lambda: encoders.encode(samples, out_rate, plan.output_format))
     _, parts["deliver " + plan.delivery] = timed(
         lambda: worker.deliverer.deliver(
@@ -348,7 +349,7 @@ def join_cost(
     """Time joining `minutes` of noise chunks grouped into podcast-like segments.
 
     By default one `joiner.join` call (crossfades within segments, pauses between them). With `worker_path`,
-    what a job really does: `Worker.finish` on the generator's trimmed chunks (one join when nothing is done
+    what a job really does: `render.finish` on the generator's trimmed chunks (one join when nothing is done
     per segment).
     """
     chunk_len = round(chunk_s * sample_rate)
@@ -377,9 +378,9 @@ def join_cost(
 
 
 def _worker_join(segments: list[list[np.ndarray]], pause_ms: int, crossfade: int, sample_rate: int) -> np.ndarray:
+    from audio import render
     from audio.generator import Synthesis
     from audio.schema import parse_job, plan_job
-    from audio.worker import Worker
 
     synthesis = Synthesis(
         chunks=segments,
@@ -393,7 +394,7 @@ def _worker_join(segments: list[list[np.ndarray]], pause_ms: int, crossfade: int
     )
     # A real plan of a plain job (native rate, no loudness target), whatever fields JobPlan grows.
     plan = plan_job(parse_job({"text": "x"}), default_model=catalog.DEFAULT_MODEL, max_chars=1)
-    samples, _ = Worker.finish(synthesis, plan)
+    samples, _ = render.finish(synthesis, plan)
     return samples
 
 

@@ -215,7 +215,7 @@ def local_worker_env(
             params = dict(job_input.get("params") or {})
             params.setdefault("max_new_tokens", TINY_MAX_NEW_TOKENS)
             job_input = {**job_input, "params": params}
-    from handler import configure_logging
+    from audio.serving.service import configure_logging
 
     configure_logging(env)
     return env, job_input

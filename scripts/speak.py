@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     env.update(QWEN_TTS_MODEL_DIR=str(model_dir), QWEN_TTS_PRELOAD="none", QWEN_TTS_DEFAULT_MODEL=variant.name)
     job["output_format"] = args.format or (args.out.suffix.lstrip(".").lower() or "wav").replace("ogg", "opus")
 
+    from audio.serving.service import configure_logging
     from handler import build as build_handler
-    from handler import configure_logging
 
     configure_logging(env)
     _, handle = build_handler(env)

@@ -9,7 +9,7 @@ import copy
 
 import pytest
 
-from audio.joiner import joined_length
+from audio.output.joiner import joined_length
 from scripts import benchmark as bm
 
 CANNED = {

@@ -15,10 +15,10 @@ import pytest
 import requests
 import soundfile as sf
 
-from audio import postprocess
 from audio.errors import InputError
+from audio.output import postprocess
 from audio.schema import parse_job, plan_job
-from handler import make_handler
+from audio.serving.service import make_handler
 from tests.conftest import SPEECH_TEXT
 
 FRAME = 1920

@@ -36,12 +36,12 @@ def test_two_concurrent_jobs_each_match_their_solo_run(make_worker):
 
 def test_module_handler_is_awaitable_from_fresh_event_loops(monkeypatch, tiny_model_dir):
     import handler
+    from audio.serving import service
 
     monkeypatch.setenv("QWEN_TTS_MODEL_DIR", str(tiny_model_dir))
     monkeypatch.setenv("QWEN_TTS_PRELOAD", "none")
     monkeypatch.setenv("QWEN_TTS_DEFAULT_MODEL", "0.6B-CustomVoice")
-    monkeypatch.setattr(handler, "_worker", None)
-    monkeypatch.setattr(handler, "_handler", None)
+    monkeypatch.setattr(service, "_process", None)  # this process's worker, built anew from this environment
     job = {"id": "j", "input": {"text": "Hi.", "params": {"max_new_tokens": 3}, "seed": 1}}
     first = asyncio.run(handler.handler(job))
     second = asyncio.run(handler.handler(job))  # another loop, the same worker
@@ -54,7 +54,7 @@ def test_concurrent_jobs_waiting_on_one_model_run_as_one_batch(make_worker, mode
     import threading
     import time
 
-    from handler import make_handler
+    from audio.serving.service import make_handler
 
     worker = make_worker({"QWEN_TTS_DEFAULT_MODEL": "0.6B-CustomVoice"})
     handle = make_handler(worker)

@@ -1,4 +1,4 @@
-"""Tests for audio/delivery.py: S3 settings from env, inline limits, uploads to a real S3 server."""
+"""Tests for audio/output/delivery.py: S3 settings from env, inline limits, uploads to a real S3 server."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import botocore.session
 import pytest
 import requests
 
-from audio.delivery import Deliverer, S3Config, object_key
 from audio.errors import DeliveryError, InputError, PayloadTooLargeError
+from audio.output.delivery import Deliverer, S3Config, object_key
 from tests.s3server import S3Server, free_port
 
 AK = "AKIAEXAMPLEKEY000001"
@@ -400,7 +400,7 @@ def deliver_error(config: S3Config) -> DeliveryError:
 
 
 def test_wrong_secret_is_delivery_failed(s3_server, caplog):
-    caplog.set_level("DEBUG", logger="audio.delivery")
+    caplog.set_level("DEBUG", logger="audio.output.delivery")
     error = deliver_error(config_for(s3_server, secret_access_key="not-the-secret-" + "x" * 25))
     assert error.message.startswith(f'Uploading the audio to S3 bucket "{s3_server.bucket}" failed: ')
     assert "SignatureDoesNotMatch (HTTP 403)" in error.message

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audio import encoders
-from audio.encoders import CONTENT_TYPES, FORMATS, available_formats, check_encodable, encode, to_int16
 from audio.errors import InputError
+from audio.output import encoders
+from audio.output.encoders import CONTENT_TYPES, FORMATS, available_formats, check_encodable, encode, to_int16
 
 HAVE_FFMPEG = shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
 needs_ffmpeg = pytest.mark.skipif(not HAVE_FFMPEG, reason="ffmpeg/ffprobe not installed")

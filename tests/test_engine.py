@@ -20,10 +20,10 @@ import torch
 from audio.engine.codec import decode_whole
 from audio.engine.graphs import GraphSteps, _greedy_codes
 from audio.model_loader import ModelCache
+from audio.serving.service import make_handler
 from audio.settings import Settings
 from audio.speech import ChunkRequest, Voice
 from audio.worker import Worker
-from handler import make_handler
 from tests.conftest import DEVICE_ENV
 from tests.test_handler_e2e import REF
 
@@ -316,7 +316,7 @@ def test_incremental_decode_matches_the_whole_decode(fast_model, piece_frames):
 
 @pytest.mark.slow
 def test_incremental_decode_of_a_cloned_voice_uses_the_reference_as_context(tiny_model_dir):
-    from audio.reference import decode_reference
+    from audio.voices.reference import decode_reference
 
     model = ModelCache(engine_settings(tiny_model_dir)).get("1.7B-Base")
     ref = decode_reference(REF, model.sample_rate)

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audio.joiner import CROSSFADE as CROSSFADE_GAP
-from audio.joiner import joined_length
-from audio.splitter import split_chunks, split_text
-from handler import make_handler
+from audio.output.joiner import CROSSFADE as CROSSFADE_GAP
+from audio.output.joiner import joined_length
+from audio.serving.service import make_handler
+from audio.text.splitter import split_chunks, split_text
 
 FRAME = 1920
 CROSSFADE = 960  # 40 ms at 24 kHz, the default

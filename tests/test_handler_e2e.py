@@ -11,9 +11,9 @@ import pytest
 import soundfile as sf
 
 from audio.schema import parse_job, plan_job
+from audio.serving.service import make_handler
 from audio.settings import Settings
 from audio.worker import Worker
-from handler import make_handler
 
 FRAME = 1920  # samples per 12.5 Hz codec frame at 24 kHz
 

@@ -1,4 +1,4 @@
-"""The HTTP mode (audio/http_server.py) through the real `openai` client and plain HTTP: every response format,
+"""The HTTP mode (audio/serving/http_server.py) through the real `openai` client and plain HTTP: every response format,
 streamed bodies, SSE, /run, models and voices, error shapes and codes, the bounded queue, and the real process's
 /ping going 204 -> 200 (and 200 + 503s after a failed preload)."""
 
@@ -59,7 +59,7 @@ class Served:
 
 @pytest.fixture
 def served(make_worker):
-    from audio.http_server import create_app
+    from audio.serving.http_server import create_app
 
     servers = []
 
@@ -85,7 +85,7 @@ def decode(data: bytes, fmt: str) -> tuple[np.ndarray, int]:
     if fmt == "pcm":
         return np.frombuffer(data, "<i2").astype(np.float32) / 32768, 24000
     if fmt in ("ulaw", "alaw"):
-        from audio.encoders import g711_decode
+        from audio.output.encoders import g711_decode
 
         return g711_decode(data, fmt).astype(np.float32) / 32768, 8000
     out = subprocess.run(
@@ -253,7 +253,7 @@ def test_base_clone_through_the_extras(client, speech_wav):
 
 
 def test_a_full_queue_answers_429_with_retry_after(served, make_worker):
-    from audio.http_server import create_app
+    from audio.serving.http_server import create_app
 
     gate = threading.Event()
     worker = make_worker({**ENV, "QWEN_TTS_MAX_QUEUE": "0"})

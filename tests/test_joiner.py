@@ -1,4 +1,4 @@
-"""Tests for audio/joiner.py: exact lengths, exact crossfade samples, pauses without crossfades, edge trimming."""
+"""Tests for audio/output/joiner.py: exact lengths, exact crossfade samples, pauses without crossfades, edge trim."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audio.joiner import crossfade_len, join, joined_length, trim_edges
+from audio.output.joiner import crossfade_len, join, joined_length, trim_edges
 
 
 def ramp(n: int, start: float = 0.0) -> np.ndarray:

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import handler
-from audio.http_server import create_app
+from audio.serving.http_server import create_app
 from tests.test_http_server import Served
 
 ENV = {"QWEN_TTS_DEFAULT_MODEL": "0.6B-CustomVoice", "QWEN_TTS_CHUNK_TARGET_CHARS": "20", "QWEN_TTS_MAX_BATCH": "1"}
@@ -158,8 +158,8 @@ def test_runpod_job_cancel_stops_generation_at_the_next_batch(make_worker, model
 
 
 def test_an_http_client_that_disconnects_cancels_its_generation_at_the_next_batch(make_worker, model_cache, caplog):
-    caplog.set_level(logging.INFO, logger="audio.http_server")
-    caplog.set_level(logging.INFO, logger="audio.streaming")
+    caplog.set_level(logging.INFO, logger="audio.serving.http_server")
+    caplog.set_level(logging.INFO, logger="audio.serving.streaming")
 
     def logged(fragment: str) -> list[str]:
         return [r.getMessage() for r in caplog.records if fragment in r.getMessage()]

@@ -305,7 +305,7 @@ EXTRAS = [
 
 @pytest.mark.parametrize(("extra", "want"), EXTRAS)
 def test_extras_map_onto_the_contract(extra, want):
-    from audio.voice_store import is_voice_id
+    from audio.voices.store import is_voice_id
 
     job, _ = to_job_input(speech(input="Hi", **extra), DEFAULT)
     if want is None:

@@ -22,8 +22,8 @@ import pytest
 import requests
 import soundfile as sf
 
-from audio import postprocess
-from handler import make_handler
+from audio.output import postprocess
+from audio.serving.service import make_handler
 from tests.s3server import free_port
 
 FRAME = 1920  # samples per 12.5 Hz codec frame at 24 kHz
@@ -479,7 +479,7 @@ NO_FFMPEG_SCRIPT = """
 import json, sys
 from audio.settings import Settings
 from audio.worker import Worker
-from handler import make_handler
+from audio.serving.service import make_handler
 
 worker = Worker(Settings.from_env({"QWEN_TTS_MODEL_DIR": sys.argv[1], "QWEN_TTS_PRELOAD": "none"}))
 

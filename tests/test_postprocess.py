@@ -4,7 +4,7 @@ normalisation lands on the target under the true-peak ceiling."""
 import numpy as np
 import pytest
 
-from audio.postprocess import measure_loudness, normalize_loudness, resample, true_peak_dbtp
+from audio.output.postprocess import measure_loudness, normalize_loudness, resample, true_peak_dbtp
 
 SR = 24000
 

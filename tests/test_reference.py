@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audio import encoders, postprocess
 from audio.errors import InputError
-from audio.reference import (
+from audio.output import encoders, postprocess
+from audio.voices.reference import (
     FetchPolicy,
     Reference,
     address_refusal,

@@ -190,7 +190,7 @@ ALIASES = {
 
 # Hub variables read by something other than Settings.from_env, and the file that reads each.
 READ_ELSEWHERE = {
-    "QWEN_TTS_LOG_LEVEL": ROOT / "handler.py",  # configure_logging
+    "QWEN_TTS_LOG_LEVEL": ROOT / "audio" / "serving" / "service.py",  # configure_logging
     "RUNPOD_LOG_LEVEL": _runpod_logger(),
 }
 

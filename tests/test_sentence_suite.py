@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from audio.splitter import split_sentences
+from audio.text.splitter import split_sentences
 
 SUITE = json.loads((Path(__file__).parent / "data" / "pysbd_golden_rules.json").read_text(encoding="utf-8"))
 CASES = [(lang, case["text"], case["sentences"]) for lang, cases in SUITE["cases"].items() for case in cases]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from audio.delivery import S3Config
+from audio.output.delivery import S3Config
 from audio.settings import Settings
 
 HOME_CACHE = Path.home() / ".cache" / "huggingface" / "hub"

@@ -1,4 +1,4 @@
-"""Tests for audio/splitter.py: exact chunk lists for known inputs, plus no-loss and size properties."""
+"""Tests for audio/text/splitter.py: exact chunk lists for known inputs, plus no-loss and size properties."""
 
 import re
 import time
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audio.splitter import CJK_WEIGHT, split_sentences, split_text, text_weight
+from audio.text.splitter import CJK_WEIGHT, split_sentences, split_text, text_weight
 
 # target_chars=1 never lets two pieces share a chunk, so the chunks are exactly the sentence units.
 ONE_PER_SENTENCE = {"target_chars": 1, "max_chars": 1000}

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from audio.quality import QualityLimits, check_chunk, frame_budget
-from audio.splitter import text_weight
-from audio.spoken import is_speakable, spoken_weight
-from handler import make_handler
+from audio.serving.service import make_handler
+from audio.text.splitter import text_weight
+from audio.text.spoken import is_speakable, spoken_weight
 
 FRAME = 1920
 FRAME_RATE = 12.5

@@ -1,13 +1,13 @@
 """A worker whose start fails keeps answering: preload failures (missing model, load error, CUDA out of memory)
-and configuration errors, in process through `handler.start` / `handler.preload`."""
+and configuration errors, in process through `service.start` / `service.preload`."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import handler
 from audio.model_loader import ModelCache
+from audio.serving import service
 from audio.worker import Worker
 
 JOB = {"text": "Hi.", "model": "0.6B-CustomVoice", "params": {"max_new_tokens": 3}}
@@ -30,14 +30,14 @@ class OutOfMemoryOnGenerate:
 
 
 def answers(worker: Worker) -> tuple[dict, dict]:
-    handle = handler.make_handler(worker)
+    handle = service.make_handler(worker)
     return handle({"id": "j1", "input": JOB}), handle({"id": "j2", "input": {"action": "health"}})
 
 
 def test_out_of_memory_while_loading_at_preload(make_settings):
     settings = make_settings({"QWEN_TTS_PRELOAD": "0.6B-CustomVoice"})
     worker = Worker(settings, models=ModelCache(settings, load=out_of_memory))
-    handler.preload(worker)
+    service.preload(worker)
     job, health = answers(worker)
     reason = (
         "model 0.6B-CustomVoice could not be loaded: the GPU ran out of memory (OutOfMemoryError). Keep fewer "
@@ -50,7 +50,7 @@ def test_out_of_memory_while_loading_at_preload(make_settings):
 def test_out_of_memory_during_the_warm_up_generation(make_settings, model_cache):
     settings = make_settings({"QWEN_TTS_PRELOAD": "0.6B-CustomVoice"})
     worker = Worker(settings, models=model_cache, get_model=lambda name: OutOfMemoryOnGenerate(model_cache.get(name)))
-    handler.preload(worker)
+    service.preload(worker)
     job, health = answers(worker)
     reason = (
         "the GPU ran out of memory while warming up the preloaded models (OutOfMemoryError); preload fewer "
@@ -63,7 +63,7 @@ def test_out_of_memory_during_the_warm_up_generation(make_settings, model_cache)
 
 def test_a_successful_preload_takes_jobs(make_settings, model_cache):
     worker = Worker(make_settings({"QWEN_TTS_PRELOAD": "0.6B-CustomVoice"}), models=model_cache)
-    handler.preload(worker)
+    service.preload(worker)
     job, health = answers(worker)
     assert "audio_base64" in job and health["status"] == "ok"
 
@@ -78,7 +78,7 @@ def test_a_successful_preload_takes_jobs(make_settings, model_cache):
     ],
 )
 def test_configuration_error_answers_internal_naming_the_variable(env, problem, caplog):
-    handle = handler.start(env)
+    handle = service.start(env)
     assert handle({"id": "j1", "input": JOB}) == {
         "error": {
             "code": "internal",

@@ -1,4 +1,4 @@
-"""Streaming a job (audio/streaming.py): the incremental joiner against joiner.join, stream items on the tiny
+"""Streaming a job (audio/serving/streaming.py): the incremental joiner against joiner.join, stream items on the tiny
 model against the same job unstreamed, item format and refusals, G.711 and the stream encoders."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audio import encoders, joiner, streaming
 from audio.errors import InputError
+from audio.output import encoders, joiner
+from audio.serving import streaming
 from tests.conftest import CallRecorder
 
 TWELVE = " ".join(f"Sentence number {i} is here." for i in range(12))

@@ -5,9 +5,9 @@ import shutil
 import numpy as np
 import pytest
 
-from audio import postprocess
 from audio.errors import InputError
-from audio.postprocess import _atempo_chain, time_stretch
+from audio.output import postprocess
+from audio.output.postprocess import _atempo_chain, time_stretch
 
 SR = 24000
 HAVE_FFMPEG = shutil.which("ffmpeg") is not None

@@ -16,8 +16,8 @@ import requests
 import soundfile as sf
 
 from audio.schema import parse_job, plan_job
-from audio.splitter import split_chunks
-from handler import make_handler
+from audio.serving.service import make_handler
+from audio.text.splitter import split_chunks
 
 FRAME = 1920
 RATE = 24000

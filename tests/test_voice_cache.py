@@ -7,7 +7,7 @@ import base64
 
 import pytest
 
-from handler import make_handler
+from audio.serving.service import make_handler
 from tests.conftest import SPEECH_TEXT
 
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audio.reference import TAIL_SILENCE_S
-from handler import make_handler
+from audio.serving.service import make_handler
+from audio.voices.reference import TAIL_SILENCE_S
 
 FRAME = 1920
 RATE = 24000

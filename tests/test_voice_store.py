@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from audio.errors import InputError
-from audio.reference import prepare
-from audio.voice_store import VoiceStore, check_name
-from handler import make_handler
+from audio.serving.service import make_handler
+from audio.voices.reference import prepare
+from audio.voices.store import VoiceStore, check_name
 from tests.conftest import ROOT, SPEECH_TEXT
 
 

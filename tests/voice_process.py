@@ -8,9 +8,9 @@ import json
 import os
 import sys
 
+from audio.serving.service import make_handler
 from audio.settings import Settings
 from audio.worker import Worker
-from handler import make_handler
 
 if __name__ == "__main__":
     worker = Worker(Settings.from_env(os.environ))

@@ -14,8 +14,8 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from audio.splitter import split_sentences
-from audio.spoken import spoken_weight
+from audio.text.splitter import split_sentences
+from audio.text.spoken import spoken_weight
 
 FORMATS = ("srt", "vtt")
 MAX_CUE_S = 7.0

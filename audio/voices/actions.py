@@ -1,22 +1,26 @@
 """The saved-voice actions: create_voice (from a clip, or designed with the VoiceDesign model), list_voices,
-get_voice and delete_voice. A request in, the voice store's answer out; designed samples are generated through
-the worker's own generator, and prompts for a named Base model are built into the worker's prompt cache.
+get_voice and delete_voice. A request in, the voice store's answer out.
+
+They are given what they use, never the worker: the voice store, the clone-prompt cache, the URL policy, and
+`VoiceModels` (a model by name, the Base models usable here, and a synthesis callable that speaks a designed
+voice's sample through the worker's own generator).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from audio import catalog, joiner
+import numpy as np
+
+from audio import catalog
 from audio.errors import InputError, ModelError
-from audio.model_loader import find_model_path
-from audio.reference import Reference, decode_audio, prepare, reference_bytes
-from audio.schema import CreateVoiceJob, VoiceIdJob, parse_job, parse_voice_action, plan_job, resolve_job_language
-from audio.speech import Voice
-from audio.voice_store import check_name
-
-if TYPE_CHECKING:
-    from audio.worker import Worker
+from audio.schema import CreateVoiceJob, VoiceIdJob, parse_voice_action, resolve_job_language
+from audio.speech import SpeechModel, Voice
+from audio.voices.cache import ClonePromptCache
+from audio.voices.reference import FetchPolicy, Reference, decode_audio, prepare, reference_bytes
+from audio.voices.store import VoiceStore, check_name
 
 DESIGN_MODEL = "1.7B-VoiceDesign"
 BASE_MODELS = ("1.7B-Base", "0.6B-Base")
@@ -24,9 +28,22 @@ BASE_MODELS = ("1.7B-Base", "0.6B-Base")
 DESIGN_SAMPLE_TEXT = "Hello! This is my voice. I read stories, news and notes in a clear, natural way."
 
 
+@dataclass(frozen=True)
+class VoiceModels:
+    """What the voice actions need of the worker's models."""
+
+    get: Callable[[str], SpeechModel]  # a model by name, loaded on first use
+    base_models: Callable[[], list[str]]  # the Base models usable here, loaded ones first
+    speak: Callable[[dict[str, Any]], tuple[np.ndarray, int]]  # a synthesis job input -> one track, its rate
+    model_dir: str  # where models are looked for (for messages)
+
+
 class VoiceActions:
-    def __init__(self, worker: Worker):
-        self.worker = worker
+    def __init__(self, store: VoiceStore, prompts: ClonePromptCache, models: VoiceModels, *, fetch_policy: FetchPolicy):
+        self.store = store
+        self.prompts = prompts
+        self.models = models
+        self.fetch_policy = fetch_policy
 
     def handle(self, job_input: dict[str, Any]) -> dict[str, Any]:
         """One of VOICE_ACTIONS, validated; the answer as the job's result."""
@@ -34,16 +51,16 @@ class VoiceActions:
         if isinstance(request, CreateVoiceJob):
             return self.create_voice(request)
         if isinstance(request, VoiceIdJob):
-            voice = self.worker.voices.delete(request.voice_id) if request.action == "delete_voice" else None
+            voice = self.store.delete(request.voice_id) if request.action == "delete_voice" else None
             if voice is not None:
                 return {"deleted": True, "voice_id": voice.voice_id, "name": voice.name}
-            voice = self.worker.voices.get(request.voice_id)
-            return voice.public(self.worker.voices.prompt_models(voice.voice_id))
-        return {"voices": [v.public(self.worker.voices.prompt_models(v.voice_id)) for v in self.worker.voices.list()]}
+            voice = self.store.get(request.voice_id)
+            return voice.public(self.store.prompt_models(voice.voice_id))
+        return {"voices": [v.public(self.store.prompt_models(v.voice_id)) for v in self.store.list()]}
 
     def create_voice(self, request: CreateVoiceJob) -> dict[str, Any]:
         check_name(request.name)
-        self.worker.voices.check_writable()  # before fetching or generating anything
+        self.store.check_writable()  # before fetching or generating anything
         language = resolve_job_language(request.language)
         build_for = None
         if request.model is not None:
@@ -61,7 +78,7 @@ class VoiceActions:
                 raise InputError(
                     "create_voice needs ref_text (the transcript of ref_audio) unless x_vector_only is true"
                 )
-            data = reference_bytes(request.ref_audio, self.worker.fetch_policy)
+            data = reference_bytes(request.ref_audio, self.fetch_policy)
             # Stored at a Base model's rate; another Base model resamples it to its own on use.
             rate = self._reference_rate(build_for)
             reference = prepare(decode_audio(data, rate), rate)
@@ -72,7 +89,7 @@ class VoiceActions:
                 raise InputError("a designed voice (instruct) takes sample_text, not ref_text/x_vector_only")
             reference, ref_text = self._design_reference(request, language)
             source, instruct = "design", request.instruct
-        voice = self.worker.voices.create(
+        voice = self.store.create(
             request.name,
             reference,
             source=source,
@@ -82,8 +99,8 @@ class VoiceActions:
             instruct=instruct,
         )
         if build_for is not None:
-            model = self.worker.generator.get_model(build_for)
-            ref = self.worker.voices.reference(voice.voice_id, model.sample_rate)
+            model = self.models.get(build_for)
+            ref = self.store.reference(voice.voice_id, model.sample_rate)
             clone = Voice(
                 ref_audio=(ref.samples, ref.sample_rate),
                 ref_text=voice.ref_text,
@@ -91,8 +108,8 @@ class VoiceActions:
                 ref_key=ref.key,
                 saved_voice=voice.voice_id,
             )
-            self.worker.prompts.get(build_for, model, clone)
-        out = voice.public(self.worker.voices.prompt_models(voice.voice_id))
+            self.prompts.get(build_for, model, clone)
+        out = voice.public(self.store.prompt_models(voice.voice_id))
         if warnings:
             out["warnings"] = warnings
         return out
@@ -100,24 +117,22 @@ class VoiceActions:
     def _reference_rate(self, model_name: str | None) -> int:
         """A Base model's rate: the one named, else a loaded one, else the first present (loading it)."""
         if model_name is None:
-            loaded = [n for n in self.worker.models.loaded() if n in BASE_MODELS]
-            present = [n for n in BASE_MODELS if find_model_path(catalog.MODELS[n], self.worker.settings) is not None]
-            model_name = (loaded or present or [None])[0]
+            model_name = next(iter(self.models.base_models()), None)
         if model_name is None:
             raise ModelError(self._no_base_message())
-        return self.worker.generator.get_model(model_name).sample_rate
+        return self.models.get(model_name).sample_rate
 
     def _no_base_message(self) -> str:
         return (
             "saved voices are clone references and need a Base model (1.7B-Base or 0.6B-Base) on this worker; "
-            f"none is present in {self.worker.settings.model_dir}. "
+            f"none is present in {self.models.model_dir}. "
             "Download one: python scripts/download_models.py 0.6B-Base"
         )
 
     def _design_reference(self, request: CreateVoiceJob, language: str) -> tuple[Reference, str]:
         """Qwen's design-then-clone recipe: the VoiceDesign model speaks a sample in the described voice, which
         becomes the saved voice's clone reference with its text as the transcript."""
-        if not any(find_model_path(catalog.MODELS[n], self.worker.settings) is not None for n in BASE_MODELS):
+        if not self.models.base_models():
             raise ModelError(self._no_base_message())
         text = (request.sample_text or DESIGN_SAMPLE_TEXT).strip()
         job = {"model": DESIGN_MODEL, "text": text, "instruct": request.instruct, "language": language}
@@ -125,8 +140,5 @@ class VoiceActions:
             job["seed"] = request.seed
         if request.params is not None:
             job["params"] = request.params.model_dump(exclude_none=True)
-        synthesis = self.worker.generator.run(
-            plan_job(parse_job(job), default_model=DESIGN_MODEL, max_chars=self.worker.settings.max_chars)
-        )
-        samples = joiner.join(synthesis.chunks, [0] * len(synthesis.chunks), synthesis.crossfade)
-        return prepare(samples, synthesis.sample_rate), text
+        samples, sample_rate = self.models.speak(job)
+        return prepare(samples, sample_rate), text

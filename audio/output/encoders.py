@@ -22,7 +22,7 @@ import numpy as np
 import soundfile as sf
 
 from audio.errors import InputError
-from audio.postprocess import resample
+from audio.output.postprocess import resample
 
 FORMATS = ("wav", "mp3", "flac", "opus", "aac", "pcm", "ulaw", "alaw")
 G711_FORMATS = ("ulaw", "alaw")

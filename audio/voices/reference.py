@@ -37,8 +37,8 @@ from urllib.parse import urljoin, urlsplit
 import numpy as np
 import soundfile as sf
 
-from audio import joiner, postprocess
 from audio.errors import InputError
+from audio.output import joiner, postprocess
 
 MIN_REFERENCE_S = 1.0
 MAX_REFERENCE_S = 60.0

@@ -24,11 +24,13 @@ from typing import Any
 import numpy as np
 import soxr
 
-from audio import captions, encoders, joiner
+from audio import results
 from audio.errors import Cancelled, InputError
 from audio.generator import Chunk, Synthesis
+from audio.output import encoders, joiner
+from audio.render import gap_samples
 from audio.schema import JobPlan
-from audio.worker import Worker, gap_samples
+from audio.text import captions
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +316,7 @@ class AudioStream:
 
 
 def _chunk_times(synthesis: Synthesis, segment_starts_s: list[float]) -> list[list[tuple[float, float]]]:
-    """(start_s, end_s) of each chunk per segment in the streamed track, as `Worker.finish_timed` times them: the
+    """(start_s, end_s) of each chunk per segment in the streamed track, as `render.finish_timed` times them: the
     segment's start plus the chunk's place in its segment at the model's rate."""
     gaps = gap_samples(synthesis)
     rate = synthesis.sample_rate
@@ -361,8 +363,8 @@ def queue_items(
             data = (encode(event.last.samples) if event.last else b"") + (encoder.finish() if encoder else b"")
             size += len(data)
             item = _item(index, data, fmt, rate, event.last, started)
-            timeline = Worker.timeline_of(event.synthesis, plan, event.chunk_times)
-            metadata = worker.metadata(
+            timeline = results.timeline_of(event.synthesis, plan, event.chunk_times)
+            metadata = results.metadata(
                 plan, event.synthesis, event.duration_s, event.sample_rate, size, event.elapsed_s, timeline=timeline
             )
             item["metadata"] = {**metadata, "stream_items": index + 1}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from audio.splitter import text_weight
+from audio.text.splitter import text_weight
 
 DIGIT_WEIGHT = 8.0
 DECIMAL_POINT_WEIGHT = 6.0

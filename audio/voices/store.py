@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from audio import postprocess
 from audio.errors import InputError
-from audio.reference import Reference
+from audio.output import postprocess
+from audio.voices.reference import Reference
 
 log = logging.getLogger(__name__)
 

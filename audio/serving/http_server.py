@@ -4,7 +4,8 @@ Owns the routes, their status codes and error shapes, the health states (`/ping`
 200 when ready, 200 after a failed preload too, whose requests then get 503 with the reason), admission (at most
 QWEN_TTS_CONCURRENCY requests run, QWEN_TTS_MAX_QUEUE more wait, past that 429 with Retry-After) and streamed
 bodies. Every request runs the worker's own code (`Worker.handle`, `Worker.plan_synthesis`, `streaming`) on a
-thread: no second pipeline. A client that disconnects cancels its generation at the next piece or batch.
+thread, through the same service as the queue's jobs (audio/serving/service.py): no second pipeline. A client
+that disconnects cancels its generation at the next piece or batch.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations (Request) at runtime.
@@ -20,10 +21,14 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from audio import catalog, encoders, streaming
+from audio import catalog
 from audio.errors import Cancelled, InputError, TTSError
 from audio.model_loader import find_model_path
 from audio.openai_compat import OPENAI_MODEL_NAMES, speech_request
+from audio.output import encoders
+from audio.serving import streaming
+from audio.serving.service import cancellable, error, failure, make_handler
+from audio.serving.service import preload as preload_worker
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +90,13 @@ def _error_body(code: str, message: str, *, openai: bool, status: int) -> dict[s
                 "code": code,
             }
         }
-    return {"error": {"code": code, "message": message}}
+    return error(code, message)
 
 
 def create_app(worker: Any, *, preload: bool = True) -> Any:
     """The app for one worker. `preload` runs `worker.preload()` on a thread at startup (else ready at once)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response, StreamingResponse
-
-    from handler import cancellable, failure, make_handler
-    from handler import preload as preload_worker
 
     settings = worker.settings
     health = Health()

@@ -4,8 +4,9 @@ Top level, where a reader looks first:
 - the contract: `schema` (jobs, limits), `settings` (the environment, read once), `errors` (typed, with codes),
   `catalog` (models, speakers, languages), `openai_compat` (the OpenAI speech request's shape);
 - the job flow: `worker` (one job: plan → generate → render → deliver), `generator` (text → chunks → batched
-  generation with checks and retries), `quality`, `render`, `results`, `info`, `lifecycle`, and the model side:
-  `speech` (the engine seam), `model_loader` (the one place weights are loaded), `model_gate` (cross-job batching).
+  generation with checks and retries), `quality` and `guard` (per-chunk checks, the long-form guard), `render`,
+  `results`, `info`, `lifecycle`, and the model side: `speech` (the engine seam), `model_loader` (the one place
+  weights are loaded), `model_gate` (cross-job batching).
 
 Packages: `text/` (splitting, spoken weight, captions), `voices/` (references, saved voices, prompt cache, voice
 actions), `output/` (post-processing, joining, encoders, delivery), `engine/` (the engines behind `speech`),

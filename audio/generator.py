@@ -20,6 +20,7 @@ import numpy as np
 
 from audio.catalog import VOICE_DESIGN
 from audio.errors import InputError, SynthesisError
+from audio.guard import BatchGuard, GuardLimits, RateModel, band_failure, guarded_budget, longest_internal_silence_s
 from audio.output import joiner
 from audio.quality import QualityLimits, check_chunk, frame_budget
 from audio.schema import JobPlan, SegmentPlan
@@ -43,6 +44,7 @@ class GeneratorConfig:
     sentence_pause_ms: float = 300.0  # silence after a chunk that ends a sentence (between the edge pads)
     clause_pause_ms: float = 120.0  # after a chunk cut at a clause break; a forced cut crossfades instead
     limits: QualityLimits = field(default_factory=QualityLimits)
+    guard: GuardLimits = field(default_factory=GuardLimits)
 
 
 @dataclass
@@ -55,6 +57,22 @@ class Chunk:
     boundary: str = SENTENCE  # why the chunk ends: the pause after it
     speakable: bool = True  # False: nothing to say, never sent to a model; it becomes a pause
     audio: np.ndarray | None = None
+    # Its quality report: why each failed attempt failed, and the kept attempt's seed, length and expected length.
+    failures: list[str] = field(default_factory=list)
+    seed: int | None = None
+    duration_s: float | None = None
+    expected_s: float | None = None
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "chunk": self.index,
+            "segment": self.segment,
+            "attempts": len(self.failures) + 1,
+            "failures": list(self.failures),
+            "duration_s": None if self.duration_s is None else round(self.duration_s, 3),
+            "expected_s": None if self.expected_s is None else round(self.expected_s, 3),
+            "seed": self.seed,
+        }
 
 
 @dataclass(frozen=True)
@@ -73,6 +91,7 @@ class Synthesis:
     gaps_ms: list[list[float | None]] | None = None
     spans: list[list[tuple[int, int]]] | None = None  # per segment, each chunk's character range in its text
     models: list[str] = field(default_factory=list)  # the models that generated, a designed voice's clone too
+    quality: list[dict[str, Any]] = field(default_factory=list)  # each spoken chunk's report (Chunk.report)
 
     def only_segment(self, index: int) -> Synthesis:
         """Segment `index` alone, as if it were the whole job (one item of a `join: false` job)."""
@@ -174,6 +193,7 @@ class Generator:
         warnings: list[str] = []
         hits: list[bool] = []
         references: dict[tuple, Reference] = {}
+        rates = RateModel()  # speaking rates measured on this job's accepted chunks, per model, voice and language
         # A designed voice kept across chunks (voice_consistency "clone"): its later chunks run after all else,
         # cloned from its first chunk's audio (ICL, that chunk's text as ref_text) on the Base model of its size.
         designed = self._designed_voices(plan, chunks)
@@ -218,7 +238,9 @@ class Generator:
                         started = time.perf_counter()
                         live = listener if batch_no == 0 and attempt == 0 else None
                         streamed = live is not None and bool(live.live_piece_frames) and model.capabilities.streams
-                        failures = self._generate(model, voice, language, prompt, pending, plan, seed, attempt, live)
+                        failures = self._generate(
+                            model, voice, language, prompt, pending, plan, seed, attempt, (rates, model_name), live
+                        )
                         model_time_s += time.perf_counter() - started
                         if not failures:
                             break
@@ -233,6 +255,8 @@ class Generator:
                         retries += len(failures)
                         log.warning("retrying %d chunk(s) of batch %d: %s", len(failures), batch_no, failures[0][1])
                         pending = [c for c, _ in failures]
+                    for chunk in batch:
+                        rates.accept((model_name, voice.key(), language), chunk.weight, chunk.duration_s)
                     batch_no += 1
                     done += len(batch)
                     if listener is not None:
@@ -258,6 +282,7 @@ class Generator:
             warnings=list(dict.fromkeys(warnings)),
             voice_cache=None if not hits else ("hit" if all(hits) else "miss"),
             models=list(dict.fromkeys(plan.models + [name for name, _ in work])),
+            quality=[c.report() for c in chunks if c.speakable],
         )
 
     def _batches_of(
@@ -375,40 +400,68 @@ class Generator:
         plan: JobPlan,
         seed: int,
         attempt: int,
+        rates_for: tuple[RateModel, str],
         live: ChunkListener | None = None,
     ) -> list[tuple[Chunk, str]]:
         frame_rate = model.sample_rate / model.frame_samples
-        limits = self.config.limits
+        limits, guard_limits = self.config.limits, self.config.guard
+        rates, rate_key = rates_for[0], (rates_for[1], voice.key(), language)
+        expected = [rates.expected_s(rate_key, language, c.weight) for c in batch]
         budgets = [frame_budget(c.weight, frame_rate, limits) for c in batch]
         user_cap = plan.max_new_tokens
         if user_cap is not None:
             budgets = [max(1, min(b, user_cap - 1)) for b in budgets]
+        elif guard_limits.enabled and rates.known(rate_key):  # a caller's own cap is theirs to set, not tightened
+            budgets = [guarded_budget(b, e, frame_rate, guard_limits) for b, e in zip(budgets, expected, strict=True)]
         requests = [
             ChunkRequest(c.text, budget, derive_seed(seed, c.index, attempt))
             for c, budget in zip(batch, budgets, strict=True)
         ]
         kwargs = {"language": language, "voice": voice, "params": plan.sampling, "clone_prompt": prompt}
+        guard = BatchGuard(len(batch), frame_rate, guard_limits) if guard_limits.enabled else None
+        if guard is not None:
+            kwargs["guard"] = guard
         if live is not None and live.live_piece_frames and model.capabilities.streams:
             wavs = self._live(model, requests, batch, live, kwargs)
         else:
             wavs = model.generate(requests, **kwargs)
         failures = []
-        for chunk, wav, budget in zip(batch, wavs, budgets, strict=True):
+        for row, (chunk, wav, request) in enumerate(zip(batch, wavs, requests, strict=True)):
             frames = -(-len(wav) // model.frame_samples)
-            reason = check_chunk(
+            user_capped = user_cap is not None and request.budget_frames == max(1, user_cap - 1)
+            reason = (guard.reasons.get(row) if guard is not None else None) or check_chunk(
                 wav,
                 model.sample_rate,
                 text_weight=chunk.weight,
                 frames=frames,
-                budget_frames=budget,
-                user_capped=user_cap is not None and budget == max(1, user_cap - 1),
+                budget_frames=request.budget_frames,
+                user_capped=user_capped,
                 limits=limits,
             )
+            duration_s = len(wav) / model.sample_rate
+            if reason is None and guard is not None:
+                measured = rates.known(rate_key)
+                reason = self._guard_failure(wav, model.sample_rate, duration_s, expected[row], user_capped, measured)
+            chunk.seed, chunk.duration_s, chunk.expected_s = request.seed, duration_s, expected[row]
             if reason is None:
                 chunk.audio = wav
             else:
+                chunk.failures.append(reason)
                 failures.append((chunk, reason))
         return failures
+
+    def _guard_failure(
+        self, wav: np.ndarray, sample_rate: int, duration_s: float, expected_s: float, user_capped: bool, measured: bool
+    ) -> str | None:
+        """The guard's checks on a generated chunk: its length against the expected one (not when the caller's
+        own frame cap cut it), and no long silence inside it."""
+        guard = self.config.guard
+        reason = None if user_capped else band_failure(duration_s, expected_s, guard, measured=measured)
+        if reason is None:
+            silence_s = longest_internal_silence_s(wav, sample_rate, self.config.limits.silence_threshold_db)
+            if silence_s > guard.max_silence_s:
+                reason = f"a silence of {silence_s:.1f} s inside the chunk"
+        return reason
 
     @staticmethod
     def _live(model: Any, requests: list[ChunkRequest], batch: list[Chunk], live: ChunkListener, kwargs: dict) -> list:

@@ -64,6 +64,12 @@ def metadata(
         "realtime_factor": round(duration_s / elapsed_s, 3) if elapsed_s > 0 else None,
         "seed": synthesis.seed,
     }
+    if synthesis.quality:
+        metadata["quality"] = {
+            "chunks": synthesis.quality,
+            "retried_chunks": sum(1 for c in synthesis.quality if c["failures"]),
+            "failed_chunks": 0,  # a chunk that still fails after its retries fails the job (synthesis_failed)
+        }
     if timeline is not None:
         metadata["timeline"] = timeline_entries(timeline)
     if num_items is not None:

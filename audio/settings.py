@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from audio.catalog import DEFAULT_MODEL, find_model
+from audio.guard import GuardLimits
 from audio.output.delivery import S3Config
 from audio.speech import DEFAULT_ENGINE, ENGINES
 
@@ -106,6 +107,9 @@ class Settings:
     min_s_per_char: float = 0.02
     max_s_per_char: float = 0.25
     duration_slack_s: float = 2.0
+    guard: GuardLimits = field(
+        default_factory=GuardLimits
+    )  # the long-form guard: expected durations, loops, stalls, silences
     max_inline_bytes: int = 19_000_000
     s3: S3Config | None = None
     allow_private_urls: bool = False  # ref_audio URLs to loopback/private/link-local addresses
@@ -158,6 +162,7 @@ class Settings:
             clause_pause_ms=_float(env, "QWEN_TTS_CLAUSE_PAUSE_MS", 120.0),
             min_s_per_char=_float(env, "QWEN_TTS_MIN_SECONDS_PER_CHAR", 0.02),
             max_s_per_char=_float(env, "QWEN_TTS_MAX_SECONDS_PER_CHAR", 0.25),
+            guard=_guard(env),
             max_inline_bytes=_int(env, "QWEN_TTS_MAX_INLINE_BYTES", 19_000_000, minimum=1),
             s3=S3Config.from_env(env),
             allow_private_urls=_bool(env, "QWEN_TTS_ALLOW_PRIVATE_URLS", False),
@@ -173,3 +178,16 @@ class Settings:
             port=port,
             port_health=_int(env, "PORT_HEALTH", port, minimum=1),
         )
+
+
+def _guard(env: Mapping[str, str]) -> GuardLimits:
+    d = GuardLimits()
+    return GuardLimits(
+        enabled=_bool(env, "QWEN_TTS_GUARD", d.enabled),
+        band_low=_float(env, "QWEN_TTS_GUARD_MIN_RATIO", d.band_low),
+        band_high=_float(env, "QWEN_TTS_GUARD_MAX_RATIO", d.band_high),
+        budget_multiple=_float(env, "QWEN_TTS_GUARD_BUDGET_MULTIPLE", d.budget_multiple),
+        loop_min_s=_float(env, "QWEN_TTS_GUARD_LOOP_SECONDS", d.loop_min_s),
+        stall_s=_float(env, "QWEN_TTS_GUARD_STALL_SECONDS", d.stall_s),
+        max_silence_s=_float(env, "QWEN_TTS_GUARD_MAX_SILENCE_SECONDS", d.max_silence_s),
+    )

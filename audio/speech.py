@@ -47,6 +47,19 @@ class ChunkRequest:
     seed: int
 
 
+class FrameGuard(Protocol):
+    """Watches a generate call's rows while the engine makes them (audio/guard.py's `BatchGuard`): every
+    `every_frames` frames the fast engine shows it each live row's new first-codebook tokens, and stops the rows
+    it flags at once; the reference engine shows it each row's tokens after the fact. Why a row was flagged is
+    the guard's to keep."""
+
+    every_frames: int
+
+    def observe(self, row: int, first_codes: np.ndarray) -> bool:
+        """Row `row` (its position in the call) made these first-codebook tokens; True: stop it now."""
+        ...
+
+
 @dataclass(frozen=True)
 class GenerateCall:
     """One `generate` call's arguments: chunks that share a voice, language and sampling parameters. The fast
@@ -57,6 +70,7 @@ class GenerateCall:
     voice: Voice
     params: dict[str, Any]
     clone_prompt: Any = None
+    guard: FrameGuard | None = None
 
 
 @dataclass(frozen=True)
@@ -105,8 +119,10 @@ class SpeechModel(Protocol):
         voice: Voice,
         params: dict[str, Any],
         clone_prompt: Any = None,
+        guard: FrameGuard | None = None,
     ) -> list[np.ndarray]:
-        """Audio per request (float32 mono at `sample_rate`), each at most its budget of frames long."""
+        """Audio per request (float32 mono at `sample_rate`), each at most its budget of frames long; a row that
+        `guard` stops ends where it was stopped."""
         ...
 
 
@@ -120,6 +136,7 @@ class StreamingSpeechModel(SpeechModel, Protocol):
         params: dict[str, Any],
         clone_prompt: Any = None,
         piece_frames: int | None = None,
+        guard: FrameGuard | None = None,
     ) -> Iterator[AudioPiece]:
         """Audio in pieces of about `piece_frames` frames per request, in the order it is made."""
         ...

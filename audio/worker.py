@@ -57,6 +57,7 @@ def generator_config(settings: Settings) -> GeneratorConfig:
         edge_pad_ms=settings.edge_pad_ms,
         sentence_pause_ms=settings.sentence_pause_ms,
         clause_pause_ms=settings.clause_pause_ms,
+        guard=settings.guard,
         limits=QualityLimits(
             silence_threshold_db=settings.silence_threshold_db,
             min_s_per_char=settings.min_s_per_char,

@@ -23,6 +23,7 @@ ENGINE_VARIANTS = {
 FAST_TARGETS = {1: 3.0, 8: 2.5}  # fast vs reference on CPU (tiny model, 1 thread)
 GRAPHS_TARGET_B1 = 8.0  # fast-graphs vs reference on a GPU, batch 1
 JOB_CHUNKS = 8
+GUARD_TARGET_PCT = 2.0  # the long-form guard's cost per frame, fast engine
 
 _TEXTS = [
     "The morning train left the quiet station slowly, carrying letters to the mountain town.",
@@ -44,6 +45,7 @@ def _median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 def bench_engine(
     name: str, env: dict[str, str], model_name: str, *, batches: Sequence[int], frames: int, repeats: int, seed: int
 ) -> dict[str, Any]:
+    from audio.guard import BatchGuard
     from audio.model_loader import ModelCache
     from audio.settings import Settings
     from audio.speech import ChunkRequest
@@ -75,6 +77,17 @@ def bench_engine(
         seconds, wavs = _median_time(lambda b=batch: model.generate(requests(b, frames), **call), repeats)
         made = max(-(-len(w) // model.frame_samples) for w in wavs)
         out[f"b{batch}"] = {"seconds": seconds, "frames": made, "ms_per_frame": 1000 * seconds / max(made, 1)}
+
+    # The long-form guard's cost: the largest batch again with a guard watching every row (audio/guard.py).
+    guard_batch = max(batches)
+
+    def guarded() -> Any:
+        guard = BatchGuard(guard_batch, model.frame_rate_hz, settings.guard)
+        return model.generate(requests(guard_batch, frames), guard=guard, **call)
+
+    guard_s, _ = _median_time(guarded, repeats)
+    plain_s = out[f"b{guard_batch}"]["seconds"]
+    out["guard"] = {"batch": guard_batch, "seconds": guard_s, "overhead_pct": 100 * (guard_s - plain_s) / plain_s}
 
     worker = Worker(settings, models=cache)
     job = {
@@ -188,5 +201,11 @@ def format_rows(result: dict[str, Any]) -> list[str]:
             + "".join(f"{c:>18}" for c in cells)
             + f"{row['job']['seconds']:>12.2f} s{fa['first_s']:>9.2f} s{fa['whole_s']:>9.2f} s"
             + f"{row['cold_first_audio_s']:>10.2f} s  {'on' if row['cuda_graphs'] else 'off'}"
+        )
+    for row in result["rows"]:
+        guard = row["guard"]
+        lines.append(
+            f"  guard on {row['engine']} at B={guard['batch']}: {guard['overhead_pct']:+.1f} % of the call "
+            f"(target < {GUARD_TARGET_PCT:g} % of the fast engine's frame time)"
         )
     return lines

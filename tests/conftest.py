@@ -35,6 +35,10 @@ if DEVICE_ENV.get("QWEN_TTS_DEVICE", "cpu").startswith("cuda"):
     torch.backends.cudnn.allow_tf32 = False
 
 
+# The guard's expected-length band turned off, for random weights whose lengths ignore the text.
+NO_DURATION_BAND = {"QWEN_TTS_GUARD_MIN_RATIO": "0", "QWEN_TTS_GUARD_MAX_RATIO": "1e9"}
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     """All five variants, EOS dead: every generation is exactly max_new_tokens - 1 frames long."""
@@ -99,12 +103,14 @@ def worker(make_worker) -> Worker:
 @pytest.fixture
 def live_eos_worker(live_eos_model_dir):
     """A worker on models whose generations end at random lengths, like a real model's EOS."""
-    # Random weights' lengths carry no relation to the text, so the too-short check is off here; the
-    # runaway check (the text-derived frame budget) stays on.
+    # Random weights' lengths carry no relation to the text, so the too-short check and the guard's
+    # expected-length band are off here; the runaway check (the text-derived frame budget) and the guard's
+    # loop, stall and silence checks stay on.
     settings = Settings.from_env(
         {
             "QWEN_TTS_MODEL_DIR": str(live_eos_model_dir),
             "QWEN_TTS_PRELOAD": "none",
+            **NO_DURATION_BAND,
             "QWEN_TTS_MIN_SECONDS_PER_CHAR": "0",
             "HF_HOME": str(live_eos_model_dir / "no-hf"),
         }

@@ -188,6 +188,7 @@ def test_engines_side_by_side_on_the_tiny_model(tiny_model_dir):
         assert [row["b1"]["frames"], row["b2"]["frames"]] == [3, 3]  # EOS is dead: every chunk is its budget
         assert row["job"]["chunks"] == 8
         assert row["cuda_graphs"] is False
+        assert row["guard"]["batch"] == 2
     # The fast engine streams: its first second comes before the whole chunk; the reference has it only at the end.
     assert rows["fast"]["first_audio"]["first_s"] < rows["fast"]["first_audio"]["whole_s"]
     assert rows["reference"]["first_audio"]["first_s"] == rows["reference"]["first_audio"]["whole_s"]
@@ -210,4 +211,5 @@ def test_engines_side_by_side_on_the_tiny_model(tiny_model_dir):
         "start",
         "graphs",
     ]
-    assert [line.split()[0] for line in lines[2:]] == ["reference", "fast"]
+    assert [line.split()[0] for line in lines[2:4]] == ["reference", "fast"]
+    assert [line.split()[:3] for line in lines[4:]] == [["guard", "on", "reference"], ["guard", "on", "fast"]]

@@ -14,6 +14,7 @@ from audio.schema import parse_job, plan_job
 from audio.serving.service import make_handler
 from audio.settings import Settings
 from audio.worker import Worker
+from tests.conftest import NO_DURATION_BAND
 
 FRAME = 1920  # samples per 12.5 Hz codec frame at 24 kHz
 
@@ -195,6 +196,7 @@ def test_openai_shaped_request_speaks_through_the_handler(live_eos_model_dir):
             "QWEN_TTS_MODEL_DIR": str(live_eos_model_dir),
             "QWEN_TTS_PRELOAD": "none",
             "QWEN_TTS_MIN_SECONDS_PER_CHAR": "0",
+            **NO_DURATION_BAND,
             "QWEN_TTS_MAX_RETRIES": "10",
             "HF_HOME": str(live_eos_model_dir / "no-hf"),
         }

@@ -56,8 +56,10 @@ class Recording:
         self._calls.append(Call("clone_prompt", self._model.variant.name, voice, prompt=prompt))
         return prompt
 
-    def generate(self, requests, *, language, voice, params, clone_prompt=None):
-        wavs = self._model.generate(requests, language=language, voice=voice, params=params, clone_prompt=clone_prompt)
+    def generate(self, requests, *, language, voice, params, clone_prompt=None, **engine):
+        wavs = self._model.generate(
+            requests, language=language, voice=voice, params=params, clone_prompt=clone_prompt, **engine
+        )
         name = self._model.variant.name
         self._calls.append(Call("generate", name, voice, sorted(r.text for r in requests), clone_prompt, wavs))
         return wavs

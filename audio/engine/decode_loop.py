@@ -251,7 +251,7 @@ class FrameLoop:
         seeds: Sequence[int],
     ) -> Iterator[Step]:
         """Frames for each row until its EOS or its budget; yields one `Step` per frame index. Closing the
-        iterator stops the generation (cancellation)."""
+        iterator stops the generation (cancellation); sending it a set of rows ends those rows after this step."""
         prompt_len, max_frames = max(p.embeds.shape[0] for p in prompts), max(budgets)
         x, live = self._prefill_state(prompts, pad_embed, budgets, sampling, seeds, prompt_len, max_frames)
         cos_table, sin_table = self.rope(prompt_len + max_frames)
@@ -273,7 +273,9 @@ class FrameLoop:
                 if live is None:
                     return
             residual, frame_embed = self.steps.code_pass(live, step)
-            yield Step(step, live.rows, torch.cat((live.first.unsqueeze(1), residual), dim=1))
+            stop = yield Step(step, live.rows, torch.cat((live.first.unsqueeze(1), residual), dim=1))
+            if stop:  # rows a guard stopped (`send`) leave as if their budget were spent
+                live.budget = [step + 1 if row in stop else b for row, b in zip(live.rows, live.budget, strict=True)]
             # Rows whose budget is spent need no next token: they leave before the talker step.
             if min(live.budget) <= step + 1:
                 going_on = [i for i, b in enumerate(live.budget) if b > step + 1]

@@ -18,7 +18,7 @@ from audio.engine.base import QwenSpeech
 from audio.engine.codec import IncrementalDecoder, decode_whole
 from audio.engine.prompts import PINNED_QWEN_TTS, capture_talker_inputs
 from audio.errors import ModelError
-from audio.speech import AudioPiece, ChunkRequest, GenerateCall, Voice
+from audio.speech import AudioPiece, ChunkRequest, FrameGuard, GenerateCall, Voice
 
 GRAPH_PROMPT_TOKENS = 1024
 
@@ -100,9 +100,11 @@ class FastEngine(QwenSpeech):
             prompts += call_prompts
             sampling += call_sampling
         requests = [r for call in calls for r in call.requests]
-        return self.loop.run(
+        steps = self.loop.run(
             prompts, pad_embed, [r.budget_frames for r in requests], sampling, [r.seed for r in requests]
         )
+        guards = _Guards(calls)
+        return _guarded(steps, guards) if guards.by_row else steps
 
     def frames(self, requests: Sequence[ChunkRequest], **call: Any) -> Iterator[Any]:
         """The loop's `Step`s for one call (`generate`'s arguments): frame by frame, every live row's codes."""
@@ -134,8 +136,9 @@ class FastEngine(QwenSpeech):
         voice: Voice,
         params: dict[str, Any],
         clone_prompt: Any = None,
+        guard: FrameGuard | None = None,
     ) -> list[np.ndarray]:
-        return self.generate_many([GenerateCall(requests, language, voice, params, clone_prompt)])[0]
+        return self.generate_many([GenerateCall(requests, language, voice, params, clone_prompt, guard)])[0]
 
     def stream(
         self,
@@ -146,12 +149,13 @@ class FastEngine(QwenSpeech):
         params: dict[str, Any],
         clone_prompt: Any = None,
         piece_frames: int | None = None,
+        guard: FrameGuard | None = None,
     ) -> Iterator[AudioPiece]:
         piece = piece_frames or max(1, round(self.frame_rate_hz))  # about 1 s of audio
         ref = _ref_codes(clone_prompt)
         decoders = [IncrementalDecoder(self.tts, piece_frames=piece, ref_codes=ref) for _ in requests]
         open_rows = set(range(len(requests)))
-        call = GenerateCall(requests, language, voice, params, clone_prompt)
+        call = GenerateCall(requests, language, voice, params, clone_prompt, guard)
         for step in self.frames_many([call]):
             for row in sorted(open_rows - set(step.rows)):  # finished at the previous step
                 yield from _last_piece(row, decoders[row])
@@ -163,6 +167,64 @@ class FastEngine(QwenSpeech):
                     yield AudioPiece(row, audio, first, decoders[row].frames_out - first, final=False)
         for row in sorted(open_rows):
             yield from _last_piece(row, decoders[row])
+
+
+class _Guards:
+    """The calls' frame guards over one batch's rows (numbered across calls). Every `every_frames` frames the new
+    first-codebook tokens come to the host in one copy, and each guard sees its own rows' tokens."""
+
+    def __init__(self, calls: Sequence[GenerateCall]):
+        self.by_row: dict[int, tuple[FrameGuard, int]] = {}
+        start = 0
+        for call in calls:
+            if call.guard is not None:
+                self.by_row.update({start + i: (call.guard, i) for i in range(len(call.requests))})
+            start += len(call.requests)
+        self.every_frames = min((g.every_frames for g, _ in self.by_row.values()), default=1)
+        self.pending: list[tuple[list[int], Any]] = []
+
+    def step(self, step: Any) -> set[int]:
+        self.pending.append((step.rows, step.codes[:, 0]))
+        return self.flush() if len(self.pending) >= self.every_frames else set()
+
+    def flush(self) -> set[int]:
+        """Show the guards the pending frames; the batch rows to stop."""
+        if not self.pending:
+            return set()
+        import torch
+
+        host = torch.cat([codes for _, codes in self.pending]).cpu().numpy()
+        per_row: dict[int, list[int]] = {}
+        at = 0
+        for rows, _ in self.pending:
+            for row in rows:
+                per_row.setdefault(row, []).append(int(host[at]))
+                at += 1
+        self.pending.clear()
+        stop = set()
+        for row, tokens in per_row.items():
+            if row in self.by_row:
+                guard, local = self.by_row[row]
+                if guard.observe(local, np.asarray(tokens, dtype=np.int64)):
+                    stop.add(row)
+        return stop
+
+
+def _guarded(steps: Any, guards: _Guards) -> Iterator[Any]:
+    """The loop's steps, with the rows the guards flag sent back to it to stop; the last frames are shown to the
+    guards when the loop ends, so a row that ended by itself still gets its verdict."""
+    stop: set[int] | None = None
+    try:
+        while True:
+            try:
+                step = steps.send(stop)
+            except StopIteration:
+                return
+            yield step
+            stop = guards.step(step) or None
+    finally:
+        guards.flush()
+        steps.close()
 
 
 def _last_piece(row: int, decoder: IncrementalDecoder) -> Iterator[AudioPiece]:

@@ -41,6 +41,23 @@ def tiny_model_dir() -> Path:
     return build(CACHE / "tiny-models", seed=0)
 
 
+REAL_SHAPE_MODELS = ["1.7B-CustomVoice", "0.6B-CustomVoice", "0.6B-Base", "1.7B-VoiceDesign"]
+REAL_SHAPE_VOCODER_DIM = 96  # the decoder's conv stack narrowed 16x for CPU; its transformer stays the real one
+
+
+@pytest.fixture(scope="session")
+def real_shape_model_dir() -> Path:
+    """The released models' widths, heads, rope and 8-layer decoder at one talker / code-predictor layer, EOS dead."""
+    return build(
+        CACHE / "real-shape-models",
+        seed=0,
+        names=REAL_SHAPE_MODELS,
+        real=True,
+        layers=1,
+        vocoder_dim=REAL_SHAPE_VOCODER_DIM,
+    )
+
+
 SPEECH_TEXT = "The quick brown fox jumps over the lazy dog. Then it runs back home across the field."
 
 

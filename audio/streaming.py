@@ -17,7 +17,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,11 +28,13 @@ from audio import captions, encoders, joiner
 from audio.errors import Cancelled, InputError
 from audio.generator import Chunk, Synthesis
 from audio.schema import JobPlan
+from audio.settings import STREAM_PIECE_FRAMES
 from audio.worker import Worker, gap_samples
 
 log = logging.getLogger(__name__)
 
 PIECE_S = 1.0  # the most audio one stream item carries
+FROM_SETTINGS = "settings"  # piece_frames default: the worker settings' stream_piece_frames
 DEFAULT_STREAM_FORMAT = "pcm"
 
 
@@ -168,7 +170,7 @@ class StreamJoiner:
 class _Listener:
     """The generator's side: what it hands over goes onto a queue for the consumer's thread."""
 
-    def __init__(self, events: queue.Queue, cancel: threading.Event, live_piece_frames: int | None):
+    def __init__(self, events: queue.Queue, cancel: threading.Event, live_piece_frames: int | Sequence[int] | None):
         self.events = events
         self.cancel = cancel
         self.live_piece_frames = live_piece_frames
@@ -199,14 +201,16 @@ class AudioStream:
     The generator works model by model (and a designed voice's clones last), so a chunk may be done before an
     earlier one: it is held until every chunk before it is out. A chunk with nothing to say is its pause.
 
-    `piece_frames` asks an engine that streams for live pieces of the first chunk (None: chunk by chunk)."""
+    `piece_frames` asks an engine that streams for live pieces of the first chunk: a size, or sizes in order with
+    the last repeating (default: the worker's `stream_piece_frames`, first audio after one frame); None: chunk by
+    chunk."""
 
     def __init__(
         self,
         worker: Any,
         plan: JobPlan,
         *,
-        piece_frames: int | None = 12,
+        piece_frames: int | Sequence[int] | str | None = FROM_SETTINGS,
         piece_s: float = PIECE_S,
         cancel: threading.Event | None = None,
     ):
@@ -214,6 +218,8 @@ class AudioStream:
         worker.check_synthesis(plan)
         self.worker = worker
         self.plan = plan
+        if piece_frames == FROM_SETTINGS:
+            piece_frames = getattr(getattr(worker, "settings", None), "stream_piece_frames", STREAM_PIECE_FRAMES)
         self.piece_frames = piece_frames
         self.piece_s = piece_s
         self.cancel = cancel or threading.Event()
@@ -331,7 +337,7 @@ def queue_items(
     plan: JobPlan,
     job_id: str,
     *,
-    piece_frames: int | None = 12,
+    piece_frames: int | Sequence[int] | str | None = FROM_SETTINGS,
     cancel: threading.Event | None = None,
 ) -> Iterator[dict]:
     """The queue's stream items for a stream job: audio in order, each at most PIECE_S long (under RunPod's 1 MB

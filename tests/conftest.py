@@ -42,18 +42,22 @@ def tiny_model_dir() -> Path:
 
 
 REAL_SHAPE_MODELS = ["1.7B-CustomVoice", "0.6B-CustomVoice", "0.6B-Base", "1.7B-VoiceDesign"]
-REAL_SHAPE_VOCODER_DIM = 96  # the decoder's conv stack narrowed 16x for CPU; its transformer stays the real one
+# CPU default: one talker / code-predictor layer and the decoder's conv stack narrowed 16x (its transformer stays the
+# real one). scripts/gpu_check.sh sets QWEN_TTS_TEST_REAL_LAYERS=full and QWEN_TTS_TEST_REAL_VOCODER_DIM=1536.
+_layers = os.environ.get("QWEN_TTS_TEST_REAL_LAYERS", "1").strip().lower()
+REAL_SHAPE_LAYERS = None if _layers == "full" else int(_layers)
+REAL_SHAPE_VOCODER_DIM = int(os.environ.get("QWEN_TTS_TEST_REAL_VOCODER_DIM", "96"))
 
 
 @pytest.fixture(scope="session")
 def real_shape_model_dir() -> Path:
-    """The released models' widths, heads, rope and 8-layer decoder at one talker / code-predictor layer, EOS dead."""
+    """The released models' widths, heads, rope, projections and 8-layer decoder (random weights, EOS dead)."""
     return build(
-        CACHE / "real-shape-models",
+        CACHE / f"real-shape-models-{_layers}-{REAL_SHAPE_VOCODER_DIM}",
         seed=0,
         names=REAL_SHAPE_MODELS,
         real=True,
-        layers=1,
+        layers=REAL_SHAPE_LAYERS,
         vocoder_dim=REAL_SHAPE_VOCODER_DIM,
     )
 

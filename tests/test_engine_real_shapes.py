@@ -21,7 +21,7 @@ from audio.settings import Settings
 from audio.speech import ChunkRequest, Voice
 from audio.worker import Worker
 from handler import make_handler
-from tests.conftest import DEVICE_ENV
+from tests.conftest import DEVICE_ENV, REAL_SHAPE_LAYERS
 from tests.test_engine import CodeSpy, _first_divergence
 from tests.test_handler_e2e import REF
 
@@ -49,7 +49,11 @@ def test_real_shape_build_has_the_released_structure(real_shape_model_dir, name,
     config = json.loads((real_shape_model_dir / MODELS[name].dir_name / "config.json").read_text())
     talker = config["talker_config"]
     assert (talker["hidden_size"], talker["num_attention_heads"], talker["num_key_value_heads"]) == (hidden, 16, 8)
-    assert (talker["head_dim"], talker["rope_theta"], talker["num_hidden_layers"]) == (128, 1e6, 1)
+    assert (talker["head_dim"], talker["rope_theta"], talker["num_hidden_layers"]) == (
+        128,
+        1e6,
+        REAL_SHAPE_LAYERS or 28,
+    )
     assert talker["rope_scaling"] == {"rope_type": "default", "mrope_section": [24, 20, 20], "interleaved": True}
     predictor = talker["code_predictor_config"]
     assert (predictor["hidden_size"], predictor["num_attention_heads"], predictor["head_dim"]) == (1024, 16, 128)

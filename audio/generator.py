@@ -12,7 +12,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -112,7 +112,7 @@ class ChunkListener(Protocol):
     `live_piece_frames` set and an engine that streams, the first batch's chunk also arrives in `piece`s while it
     is generated (its check then runs at its end, and a failure fails the job: no retry of audio already out)."""
 
-    live_piece_frames: int | None
+    live_piece_frames: int | Sequence[int] | None
 
     def piece(self, chunk: Chunk, samples: np.ndarray) -> None: ...
 

@@ -15,6 +15,7 @@ from audio.speech import DEFAULT_ENGINE, ENGINES
 DEFAULT_MODEL_DIR = "/runpod-volume/models"
 DEFAULT_VOICE_DIR = "/runpod-volume/voices"
 RUNPOD_HF_CACHE = "/runpod-volume/huggingface-cache/hub"
+STREAM_PIECE_FRAMES = (1, 2, 4, 8, 12)  # frames per streamed piece, the last size repeating (12 frames ~ 1 s)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -41,6 +42,19 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite, non-negative number, got {raw!r}")
     return value
+
+
+def _frame_counts(env: Mapping[str, str], name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        values = tuple(int(part) for part in raw.replace(";", ",").split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"{name} must be frame counts separated by commas (like 1,2,4,8,12), got {raw!r}") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"{name} must be positive frame counts, got {raw!r}")
+    return values
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -90,6 +104,8 @@ class Settings:
     dtype: str = "auto"  # auto | bfloat16 | float16 | float32
     engine: str = DEFAULT_ENGINE  # fast (our decode loop) | reference (qwen_tts's own generate)
     cuda_graphs: str = "auto"  # auto (on with CUDA) | off
+    # Streamed piece sizes in codec frames, the last repeating: first audio after one frame, then ~1 s pieces.
+    stream_piece_frames: tuple[int, ...] = STREAM_PIECE_FRAMES
     max_loaded_models: int = 2
     auto_download: bool = False  # fetch a missing model from the Hugging Face hub into HF_HOME on first use
     preload: tuple[str, ...] = (DEFAULT_MODEL,)
@@ -149,6 +165,7 @@ class Settings:
             dtype=(env.get("QWEN_TTS_DTYPE") or "auto").strip().lower(),
             engine=_choice(env, "QWEN_TTS_ENGINE", DEFAULT_ENGINE, ENGINES),
             cuda_graphs=_choice(env, "QWEN_TTS_CUDA_GRAPHS", "auto", ("auto", "off")),
+            stream_piece_frames=_frame_counts(env, "QWEN_TTS_STREAM_PIECE_FRAMES", STREAM_PIECE_FRAMES),
             max_loaded_models=_int(env, "QWEN_TTS_MAX_LOADED_MODELS", 2, minimum=1),
             auto_download=_bool(env, "QWEN_TTS_AUTO_DOWNLOAD", False),
             preload=preload,

@@ -45,6 +45,27 @@ def tiny_model_dir() -> Path:
     return build(CACHE / "tiny-models", seed=0)
 
 
+REAL_SHAPE_MODELS = ["1.7B-CustomVoice", "0.6B-CustomVoice", "0.6B-Base", "1.7B-VoiceDesign"]
+# CPU default: one talker / code-predictor layer and the decoder's conv stack narrowed 16x (its transformer stays the
+# real one). scripts/gpu_check.sh sets QWEN_TTS_TEST_REAL_LAYERS=full and QWEN_TTS_TEST_REAL_VOCODER_DIM=1536.
+_layers = os.environ.get("QWEN_TTS_TEST_REAL_LAYERS", "1").strip().lower()
+REAL_SHAPE_LAYERS = None if _layers == "full" else int(_layers)
+REAL_SHAPE_VOCODER_DIM = int(os.environ.get("QWEN_TTS_TEST_REAL_VOCODER_DIM", "96"))
+
+
+@pytest.fixture(scope="session")
+def real_shape_model_dir() -> Path:
+    """The released models' widths, heads, rope, projections and 8-layer decoder (random weights, EOS dead)."""
+    return build(
+        CACHE / f"real-shape-models-{_layers}-{REAL_SHAPE_VOCODER_DIM}",
+        seed=0,
+        names=REAL_SHAPE_MODELS,
+        real=True,
+        layers=REAL_SHAPE_LAYERS,
+        vocoder_dim=REAL_SHAPE_VOCODER_DIM,
+    )
+
+
 SPEECH_TEXT = "The quick brown fox jumps over the lazy dog. Then it runs back home across the field."
 
 

@@ -191,6 +191,8 @@ def test_engines_side_by_side_on_the_tiny_model(tiny_model_dir):
         assert row["guard"]["batch"] == 2
     # The fast engine streams: its first second comes before the whole chunk; the reference has it only at the end.
     assert rows["fast"]["first_audio"]["first_s"] < rows["fast"]["first_audio"]["whole_s"]
+    assert rows["fast"]["first_audio"]["first_piece_s"] <= rows["fast"]["first_audio"]["first_s"]
+    assert rows["fast"]["first_audio"]["first_piece_audio_s"] == 1 / 12.5  # one frame
     assert rows["reference"]["first_audio"]["first_s"] == rows["reference"]["first_audio"]["whole_s"]
     assert speedups(result)["reference"] == {1: 1.0, 2: 1.0}
     assert [c["name"] for c in checks(result, on_gpu=False)] == ["fast >= 3x reference at B=1"]
@@ -201,6 +203,8 @@ def test_engines_side_by_side_on_the_tiny_model(tiny_model_dir):
         "B=2",
         "8-chunk",
         "job",
+        "first",
+        "piece",
         "first",
         "1",
         "s",

@@ -2,8 +2,8 @@
 
 `audio/engine/prompts.py` intercepts `talker.generate` inside `Qwen3TTSForConditionalGeneration.generate`, and
 `audio/engine/decode_loop.py` reimplements the talker / code predictor step, their attention, norms and rope,
-and `audio/engine/codec.py` decodes as `generate_*` and the 12 Hz decoder do. Each hash below is of the source
-of one function that code mirrors. After an upgrade: read each changed function against our code, rerun
+and `audio/engine/codec.py` / `codec_stream.py` decode as `generate_*` and the 12 Hz decoder do. Each hash below
+is of the source of one function that code mirrors. After an upgrade: read each changed function against our code, rerun
 tests/test_engine.py (greedy fast == reference), then update the hash and `PINNED_QWEN_TTS`.
 """
 
@@ -45,6 +45,15 @@ MIRRORED = {
     "core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2": {
         "Qwen3TTSTokenizerV2Decoder.forward": "ee3b26e25f0d604d",
         "Qwen3TTSTokenizerV2Decoder.chunked_decode": "2fe800347edb617c",
+        # audio/engine/codec_stream.py runs these piece by piece
+        "Qwen3TTSTokenizerV2DecoderTransformerModel.forward": "e731de64ff0b7f5e",
+        "Qwen3TTSTokenizerV2DecoderTransformerLayer.forward": "2043032599e4bfd0",
+        "Qwen3TTSTokenizerV2DecoderAttention.forward": "b7f578b05d078191",
+        "Qwen3TTSTokenizerV2CausalConvNet.forward": "4e5c0b646094b73b",
+        "Qwen3TTSTokenizerV2CausalTransConvNet.forward": "3aede102501980fc",
+        "Qwen3TTSTokenizerV2ConvNeXtBlock.forward": "a37491d214e82e2b",
+        "Qwen3TTSTokenizerV2DecoderDecoderResidualUnit.forward": "ce1f1a816f758673",
+        "Qwen3TTSTokenizerV2DecoderDecoderBlock.forward": "28059dab2f5a547b",
     },
 }
 

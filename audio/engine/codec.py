@@ -5,12 +5,11 @@ prepended and cut off again by proportion, as qwen_tts's `generate_voice_clone` 
 deterministic but not bit-stable across batch shapes and lengths, so this is what keeps a whole result
 byte-identical to the reference engine's.
 
-`IncrementalDecoder` serves streaming: every `piece_frames` new frames it decodes them with up to
-`left_context_frames` earlier frames as left context (the decoder is causal) and drops the context's samples,
-the approximation qwen_tts's own `chunked_decode` makes. Its default context is the decoder transformer's
-sliding window (72 frames), not chunked_decode's 25: pieces of ~1 s put a seam every second, and measured on the
-tiny checkpoints 25 frames leave up to 2.3e-3 of difference from the whole decode (cloned voices), 72 frames
-under 1e-4. A cloned voice's reference codes are the first left context, so only new frames are decoded.
+`IncrementalDecoder` serves streaming: frames in, audio out in pieces whose sizes follow a schedule (say 1, 2, 4, 8,
+12 frames, the last size repeating: first audio after one frame). It decodes with `codec_stream.StatefulDecoder`,
+which carries the decoder's state between pieces, so the pieces joined equal one decode of all the frames (no
+re-decoded context: a piece costs what its new frames cost). A cloned voice's reference codes are decoded first,
+as the whole decode prepends them, and their audio dropped.
 """
 
 from __future__ import annotations
@@ -20,8 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-CHUNKED_DECODE_CONTEXT_FRAMES = 25  # qwen_tts's chunked_decode default, for decoders without a sliding window
 
 
 def decode_whole(tts: Any, codes: Sequence[torch.Tensor], ref_codes: Sequence[torch.Tensor | None]) -> list[np.ndarray]:
@@ -36,50 +33,59 @@ def decode_whole(tts: Any, codes: Sequence[torch.Tensor], ref_codes: Sequence[to
     return out
 
 
+def piece_schedule(piece_frames: int | Sequence[int]) -> tuple[int, ...]:
+    """Piece sizes in frames: an int is one size; a sequence is the sizes in order, the last one repeating."""
+    sizes = (piece_frames,) if isinstance(piece_frames, int) else tuple(piece_frames)
+    if not sizes or any(int(n) < 1 for n in sizes):
+        raise ValueError(f"piece sizes must be positive frame counts, got {piece_frames!r}")
+    return tuple(int(n) for n in sizes)
+
+
 class IncrementalDecoder:
     """One row's frames in, audio out in pieces as they are ready."""
 
-    def __init__(
-        self,
-        tts: Any,
-        *,
-        piece_frames: int,
-        left_context_frames: int | None = None,
-        ref_codes: torch.Tensor | None = None,
-    ):
+    def __init__(self, tts: Any, *, piece_frames: int | Sequence[int], ref_codes: torch.Tensor | None = None):
+        from audio.engine.codec_stream import StatefulDecoder
+
         tokenizer = tts.model.speech_tokenizer
-        self._decoder = tokenizer.model.decoder
-        if left_context_frames is None:
-            window = getattr(self._decoder.config, "sliding_window", None)
-            left_context_frames = int(window) if window else CHUNKED_DECODE_CONTEXT_FRAMES
-        self._frame_samples = int(tokenizer.get_decode_upsample_rate())
-        self.piece_frames = max(1, piece_frames)
-        self.left_context_frames = left_context_frames
-        self._frames: list[torch.Tensor] = [] if ref_codes is None else list(ref_codes.to(tokenizer.device))
-        self._done = len(self._frames)  # frames already turned into audio (the reference counts as done)
-        self._first = self._done
+        self._device = tokenizer.device
+        self._state = StatefulDecoder(tokenizer.model.decoder)
+        self.schedule = piece_schedule(piece_frames)
+        self.pieces_out = 0
+        self._frames_out = 0
+        self._waiting: list[torch.Tensor] = []
+        if ref_codes is not None and len(ref_codes):
+            self._state.decode(_codes_window(list(ref_codes.to(self._device))))  # context only: its audio is dropped
 
     @property
     def frames_out(self) -> int:
         """Frames of this row's own (generated) audio released so far."""
-        return self._done - self._first
+        return self._frames_out
+
+    @property
+    def next_piece_frames(self) -> int:
+        return self.schedule[min(self.pieces_out, len(self.schedule) - 1)]
 
     def push(self, frame: torch.Tensor) -> np.ndarray | None:
-        """Add one frame [groups]; returns audio when `piece_frames` new frames are waiting."""
-        self._frames.append(frame)
-        if len(self._frames) - self._done >= self.piece_frames:
+        """Add one frame [groups]; returns audio when the next piece's frames are all here."""
+        self._waiting.append(frame)
+        if len(self._waiting) >= self.next_piece_frames:
             return self._decode()
         return None
 
     def flush(self) -> np.ndarray | None:
         """The audio of frames still waiting, if any."""
-        return self._decode() if len(self._frames) > self._done else None
+        return self._decode() if self._waiting else None
 
     def _decode(self) -> np.ndarray:
-        start = max(0, self._done - self.left_context_frames)
-        window = torch.stack(self._frames[start:]).clamp(min=0).T.unsqueeze(0)  # [1, groups, frames]
-        with torch.inference_mode():
-            wav = self._decoder(window).reshape(-1)
-        context = (self._done - start) * self._frame_samples
-        self._done = len(self._frames)
-        return wav[context:].float().cpu().numpy()
+        wav = self._state.decode(_codes_window([f.to(self._device) for f in self._waiting]))
+        self._frames_out += len(self._waiting)
+        self.pieces_out += 1
+        self._waiting = []
+        return wav.float().cpu().numpy()
+
+
+def _codes_window(frames: list[torch.Tensor]) -> torch.Tensor:
+    """Frames [groups] each as the decoder's input [1, groups, frames] (negative padding codes clamped, as
+    qwen_tts's decode does)."""
+    return torch.stack(frames).clamp(min=0).T.unsqueeze(0)

@@ -21,6 +21,7 @@ from audio.errors import ModelError
 from audio.speech import AudioPiece, ChunkRequest, FrameGuard, GenerateCall, Voice
 
 GRAPH_PROMPT_TOKENS = 1024
+DEFAULT_PIECE_FRAMES = (1, 2, 4, 8, 12)  # streamed piece sizes: first audio after one frame, then ~1 s pieces
 
 
 class FastEngine(QwenSpeech):
@@ -148,12 +149,14 @@ class FastEngine(QwenSpeech):
         voice: Voice,
         params: dict[str, Any],
         clone_prompt: Any = None,
-        piece_frames: int | None = None,
+        piece_frames: int | Sequence[int] | None = None,
         guard: FrameGuard | None = None,
     ) -> Iterator[AudioPiece]:
-        piece = piece_frames or max(1, round(self.frame_rate_hz))  # about 1 s of audio
+        """Each row's audio in pieces of `piece_frames` (a size, or sizes in order with the last repeating; default
+        `DEFAULT_PIECE_FRAMES`: the first piece after one frame, growing to ~1 s)."""
+        pieces = piece_frames or DEFAULT_PIECE_FRAMES
         ref = _ref_codes(clone_prompt)
-        decoders = [IncrementalDecoder(self.tts, piece_frames=piece, ref_codes=ref) for _ in requests]
+        decoders = [IncrementalDecoder(self.tts, piece_frames=pieces, ref_codes=ref) for _ in requests]
         open_rows = set(range(len(requests)))
         call = GenerateCall(requests, language, voice, params, clone_prompt, guard)
         for step in self.frames_many([call]):

@@ -17,7 +17,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +30,13 @@ from audio.generator import Chunk, Synthesis
 from audio.output import encoders, joiner
 from audio.render import gap_samples
 from audio.schema import JobPlan
+from audio.settings import STREAM_PIECE_FRAMES
 from audio.text import captions
 
 log = logging.getLogger(__name__)
 
 PIECE_S = 1.0  # the most audio one stream item carries
+FROM_SETTINGS = "settings"  # piece_frames default: the worker settings' stream_piece_frames
 DEFAULT_STREAM_FORMAT = "pcm"
 
 
@@ -170,7 +172,7 @@ class StreamJoiner:
 class _Listener:
     """The generator's side: what it hands over goes onto a queue for the consumer's thread."""
 
-    def __init__(self, events: queue.Queue, cancel: threading.Event, live_piece_frames: int | None):
+    def __init__(self, events: queue.Queue, cancel: threading.Event, live_piece_frames: int | Sequence[int] | None):
         self.events = events
         self.cancel = cancel
         self.live_piece_frames = live_piece_frames
@@ -201,14 +203,16 @@ class AudioStream:
     The generator works model by model (and a designed voice's clones last), so a chunk may be done before an
     earlier one: it is held until every chunk before it is out. A chunk with nothing to say is its pause.
 
-    `piece_frames` asks an engine that streams for live pieces of the first chunk (None: chunk by chunk)."""
+    `piece_frames` asks an engine that streams for live pieces of the first chunk: a size, or sizes in order with
+    the last repeating (default: the worker's `stream_piece_frames`, first audio after one frame); None: chunk by
+    chunk."""
 
     def __init__(
         self,
         worker: Any,
         plan: JobPlan,
         *,
-        piece_frames: int | None = 12,
+        piece_frames: int | Sequence[int] | str | None = FROM_SETTINGS,
         piece_s: float = PIECE_S,
         cancel: threading.Event | None = None,
     ):
@@ -216,6 +220,8 @@ class AudioStream:
         worker.check_synthesis(plan)
         self.worker = worker
         self.plan = plan
+        if piece_frames == FROM_SETTINGS:
+            piece_frames = getattr(getattr(worker, "settings", None), "stream_piece_frames", STREAM_PIECE_FRAMES)
         self.piece_frames = piece_frames
         self.piece_s = piece_s
         self.cancel = cancel or threading.Event()
@@ -333,7 +339,7 @@ def queue_items(
     plan: JobPlan,
     job_id: str,
     *,
-    piece_frames: int | None = 12,
+    piece_frames: int | Sequence[int] | str | None = FROM_SETTINGS,
     cancel: threading.Event | None = None,
 ) -> Iterator[dict]:
     """The queue's stream items for a stream job: audio in order, each at most PIECE_S long (under RunPod's 1 MB

@@ -37,5 +37,11 @@ qwen_tts=$(grep -E '^qwen-tts==' requirements.txt)
 pip_install -r <(grep -vE '^qwen-tts==' requirements.txt)
 pip_install --no-deps "$qwen_tts"
 if [[ $dev -eq 1 ]]; then pip_install -r requirements-dev.txt; fi
-"$venv/bin/python" -c "import qwen_tts, torch, runpod; print('environment ready: torch', torch.__version__)" 2>/dev/null \
+# In the image, the import check runs with a scratch HOME and TMPDIR: onnxruntime's import writes a device id
+# (~/.cache/Microsoft) and a session file (/tmp/.ses) that would otherwise be baked into the layer.
+scratch=$(mktemp -d)
+check_env=()
+[[ $image -eq 1 ]] && check_env=(HOME="$scratch" TMPDIR="$scratch")
+env ${check_env[@]+"${check_env[@]}"} "$venv/bin/python" -c "import qwen_tts, torch, runpod; print('environment ready: torch', torch.__version__)" 2>/dev/null \
   | grep 'environment ready'
+rm -rf "$scratch"

@@ -23,10 +23,11 @@
 # - NVIDIA_REQUIRE_CUDA=cuda>=12.8 makes the toolkit refuse a host whose driver is older than the wheels' CUDA
 #   runtime, with a clear error instead of a failing `torch.cuda` at the first job; .runpod/hub.json's
 #   allowedCudaVersions (12.8 and newer) keeps RunPod from scheduling the worker on such hosts at all.
-# The nvidia/cuda "base" image adds only cudart and cuda-compat, which torch does not use (it brings its own
+# The nvidia/cuda "base" image would add only cudart and cuda-compat, which torch does not use (it brings its own
 # runtime; the forward-compat libraries matter only for drivers older than 12.8, which allowedCudaVersions
-# excludes), on Ubuntu 22.04 whose Python is 3.10. Building on it still works (the RUN below needs an apt with
-# python3.11, e.g. Ubuntu 24.04's or Debian's): --build-arg BASE_IMAGE=<image>.
+# excludes), on Ubuntu 22.04 whose Python is 3.10 (3.11 meant a PPA). Another BASE_IMAGE (--build-arg
+# BASE_IMAGE=...) must be Debian-like with python3.11 in its apt; CI builds on a Debian bookworm base it makes
+# itself with debootstrap (scripts/test_image.sh), as no registry is reachable there.
 ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
 

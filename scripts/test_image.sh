@@ -35,6 +35,7 @@ step() {  # step NAME COMMAND...: run it and print how long it took
 }
 
 [[ -n "${QWEN_TTS_SKIP_IMAGE_TEST:-}" ]] && skip "QWEN_TTS_SKIP_IMAGE_TEST is set"
+[[ $(id -u) -eq 0 ]] || skip "it needs root (debootstrap, podman's root storage)"
 
 # -- tools ----------------------------------------------------------------------------------------------------
 install_tools() {
@@ -43,7 +44,6 @@ install_tools() {
     fuse-overlayfs debootstrap slirp4netns uidmap netavark aardvark-dns containernetworking-plugins >/dev/null
 }
 if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null; then
-  [[ $(id -u) -eq 0 ]] || skip "podman/debootstrap are missing and installing them needs root"
   command -v apt-get >/dev/null || skip "podman/debootstrap are missing and there is no apt-get to install them"
   step "installing podman and debootstrap" install_tools || skip "podman could not be installed from Debian packages"
 fi
@@ -52,13 +52,18 @@ mkdir -p "$work"
 free_gb=$(($(df --output=avail -k "$work" | tail -1) / 1024 / 1024))
 ((free_gb >= min_free_gb)) || skip "$free_gb GB free under $work, the build needs ${min_free_gb} GB"
 
-# Engine settings of our own (/etc untouched). Gotchas on these machines: root lacks CAP_SYS_RESOURCE and the hard
-# open-files limit is 20000, so podman's default ulimits fail; crun refuses hybrid cgroups, runc works.
-cat >"$work/containers.conf" <<'EOF'
+# Engine settings of our own (/etc untouched). Gotchas on CI's machines: root lacks CAP_SYS_RESOURCE, so podman's
+# default ulimits (above the hard open-files limit, 20000 there) fail: ask for the hard limit we have; crun
+# refuses their hybrid cgroups, runc works.
+nofile=$(ulimit -Hn)
+[[ "$nofile" == unlimited ]] && nofile=1048576
+runtime=""
+command -v runc >/dev/null && runtime='runtime = "runc"'
+cat >"$work/containers.conf" <<EOF
 [containers]
-default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+default_ulimits = ["nofile=$nofile:$nofile", "nproc=32768:32768"]
 [engine]
-runtime = "runc"
+$runtime
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 EOF

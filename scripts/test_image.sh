@@ -4,7 +4,7 @@
 #
 #   scripts/test_image.sh [--keep]
 #
-# Needs root (or podman already installed), ~25 GB free disk at its peak and ~10-12 minutes on 2 cores.
+# Needs root, 32 GB of free disk (use rose ~30 GB at the peak) and 6.5-10 minutes on 2 cores.
 # Exits 77 with "image test skipped: <reason>" when this machine can't run it (.ci/run reports that line).
 # Everything goes under $QWEN_TTS_IMAGE_WORK (default /var/tmp/qwen3-tts-image): the engine's settings and
 # storage, the base's rootfs, the volume with the checkpoint. All of it is removed at the end unless --keep.
@@ -17,7 +17,7 @@ keep=0
 work="${QWEN_TTS_IMAGE_WORK:-/var/tmp/qwen3-tts-image}"
 image="${QWEN_TTS_IMAGE_TAG:-localhost/qwen3-tts-worker:test}"
 base="${QWEN_TTS_IMAGE_BASE:-localhost/debian-bookworm-base}"
-min_free_gb="${QWEN_TTS_IMAGE_MIN_FREE_GB:-25}"
+min_free_gb="${QWEN_TTS_IMAGE_MIN_FREE_GB:-32}"
 queue_port="${QWEN_TTS_IMAGE_QUEUE_PORT:-$((20000 + RANDOM % 10000))}"
 http_port="${QWEN_TTS_IMAGE_HTTP_PORT:-$((30000 + RANDOM % 10000))}"
 run_id="qwen3-tts-image-test-$$"

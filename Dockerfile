@@ -11,31 +11,41 @@
 # cache layout under /runpod-volume/huggingface-cache/hub (RunPod's cached models). That keeps the image small,
 # so workers pull and start faster, and one image serves all five models.
 
-# Base image: NVIDIA's CUDA 12.8 "base" Ubuntu 22.04 image. The torch 2.9.1 wheels from PyPI bundle their own
-# CUDA 12.8 runtime, cuBLAS and cuDNN (the nvidia-*-cu12 wheels), and nothing else in the worker links against
-# system CUDA libraries (onnxruntime is the CPU build), so the -cudnn-runtime- image would only add ~3 GB of
-# duplicate libraries to every cold pull. The base image still gives the container toolkit what it needs (driver
-# injection, NVIDIA_REQUIRE_CUDA=cuda>=12.8, matching allowedCudaVersions in .runpod/hub.json). runpod/base was
-# not chosen: its tags bundle several Pythons and tools we do not use. nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
-# works as a drop-in; a -cudnn-devel- image is needed only to compile flash-attn from source (see below).
-ARG BASE_IMAGE=nvidia/cuda:12.8.1-base-ubuntu22.04
+# Base image: Debian 12 (bookworm) slim, with Debian's own Python 3.11, ffmpeg, sox and libsndfile (no PPA, no
+# NVIDIA registry). Why that is safe on RunPod's GPUs:
+# - The torch 2.9.1 wheels from PyPI bundle their own CUDA 12.8 runtime, cuBLAS and cuDNN (the nvidia-*-cu12
+#   wheels), and nothing else in the worker links against system CUDA libraries (onnxruntime is the CPU build).
+#   The only thing the GPU needs from the host is the driver (libcuda, nvidia-smi, the /dev/nvidia* devices).
+# - RunPod starts containers with the NVIDIA container toolkit, which injects that driver into any image, CUDA
+#   based or not, steered by the NVIDIA_* variables of the image (NVIDIA's CUDA images set them; here we do):
+#   NVIDIA_VISIBLE_DEVICES unset would make the runtime behave like plain runc (no GPU), and
+#   NVIDIA_DRIVER_CAPABILITIES unset means `utility` only (nvidia-smi, no libcuda): `compute` is what CUDA needs.
+# - NVIDIA_REQUIRE_CUDA=cuda>=12.8 makes the toolkit refuse a host whose driver is older than the wheels' CUDA
+#   runtime, with a clear error instead of a failing `torch.cuda` at the first job; .runpod/hub.json's
+#   allowedCudaVersions (12.8 and newer) keeps RunPod from scheduling the worker on such hosts at all.
+# The nvidia/cuda "base" image would add only cudart and cuda-compat, which torch does not use (it brings its own
+# runtime; the forward-compat libraries matter only for drivers older than 12.8, which allowedCudaVersions
+# excludes), on Ubuntu 22.04 whose Python is 3.10 (3.11 meant a PPA). Another BASE_IMAGE (--build-arg
+# BASE_IMAGE=...) must be Debian-like with python3.11 in its apt; CI builds on a Debian bookworm base it makes
+# itself with debootstrap (scripts/test_image.sh), as no registry is reachable there.
+ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
 
 ARG DEBIAN_FRONTEND=noninteractive
 
-# Python 3.11 from the deadsnakes PPA (Ubuntu 22.04 ships 3.10; the worker is developed and tested on 3.11).
+ENV NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    NVIDIA_REQUIRE_CUDA="cuda>=12.8"
+
 # ffmpeg: the aac encoder. sox: qwen_tts imports the sox package, which warns at import without the binary.
 # libsndfile1: a fallback should soundfile's wheel lack its bundled copy of the library.
 # Apt versions are not pinned: the archive keeps only current versions, so pins break later builds.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates gnupg software-properties-common \
-    && add-apt-repository -y ppa:deadsnakes/ppa \
-    && apt-get update \
-    && apt-get install -y --no-install-recommends \
+    && apt-get install -y --no-install-recommends ca-certificates \
         python3.11 python3.11-venv \
         ffmpeg sox libsndfile1 \
-    && apt-get purge -y --auto-remove software-properties-common gnupg \
+    && apt-get clean \
     && rm -rf /var/lib/apt/lists/* \
     && ln -sf /usr/bin/python3.11 /usr/local/bin/python3
 
@@ -53,7 +63,7 @@ WORKDIR /app
 # imports, whose pins make pip backtrack for many minutes). No pip cache in the layer (~3 GB of wheels).
 COPY requirements.txt ./
 COPY scripts/setup.sh scripts/setup.sh
-RUN PIP_NO_CACHE_DIR=1 bash scripts/setup.sh /opt/venv
+RUN PIP_NO_CACHE_DIR=1 bash scripts/setup.sh --image /opt/venv
 
 # Optional flash-attn (off by default). qwen_tts uses it when importable (attn_implementation=flash_attention_2),
 # else PyTorch SDPA, which already has fused attention kernels. Off because: PyPI has no flash-attn wheel, so pip

@@ -1,0 +1,194 @@
+"""The parts as one book: joined with the worker's joiner (the parts' pauses between them), levelled as one
+track, encoded once (m4b with chapter markers through ffmpeg, or the worker's encoders), and the parts' timelines
+shifted by their offsets into captions and a chapters file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from audio.output import encoders, joiner, postprocess
+from audio.text import captions
+from scripts.longform.errors import AssemblyError, UsageError
+from scripts.longform.manifest import PartRecord
+from scripts.longform.plan import Part
+
+FORMATS = ("mp3", "m4b", "aac", "flac", "wav", "opus")
+M4B_BITRATE = "64k"  # mono speech; what audiobook stores ship
+FFMPEG_TIMEOUT_S = 3600
+TRUE_PEAK_DBTP = -1.0
+
+
+@dataclass(frozen=True)
+class ChapterMark:
+    title: str
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class Track:
+    samples: np.ndarray
+    sample_rate: int
+    part_starts_s: tuple[float, ...]  # where each part's audio starts in the track
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+def join_parts(parts: Sequence[Part], records: Sequence[PartRecord], folder: Path) -> Track:
+    """The parts' audio in order, `pause_before_ms` of silence before each; all at the rate they came back at."""
+    audios = []
+    rates = set()
+    for record in records:
+        samples, rate = sf.read(folder / record.file, dtype="float32", always_2d=True)
+        audios.append(samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0])
+        rates.add(int(rate))
+    if len(rates) != 1:
+        raise AssemblyError(f"the parts came back at different sample rates {sorted(rates)}: give them one rate")
+    rate = rates.pop()
+    pauses = [0] + [round(rate * p.pause_before_ms / 1000.0) for p in parts[1:]]
+    samples = joiner.join([[a] for a in audios], pauses, crossfade=0)
+    spans = joiner.layout([[len(a)] for a in audios], pauses, 0)
+    return Track(samples, rate, tuple(seg[0][0] / rate for seg in spans))
+
+
+def level(samples: np.ndarray, sample_rate: int, loudness_lufs: float | None) -> np.ndarray:
+    """The whole book to one integrated loudness (the worker's BS.1770 levelling), true peak under -1 dBTP."""
+    if loudness_lufs is None:
+        return samples
+    return postprocess.normalize_loudness(samples, sample_rate, loudness_lufs, true_peak_dbtp=TRUE_PEAK_DBTP)
+
+
+def timeline(parts: Sequence[Part], records: Sequence[PartRecord], starts_s: Sequence[float]) -> list:
+    """Every chunk of the book with its text, in the book's time: each part's timeline shifted by its start."""
+    out = []
+    segment_base = 0
+    for part, record, start_s in zip(parts, records, starts_s, strict=True):
+        for entry in record.timeline:
+            a, b = entry["chars"]
+            text = part.segments[entry["segment"]]["text"][a:b]
+            out.append(
+                captions.TimedText(
+                    segment_base + entry["segment"], start_s + entry["start_s"], start_s + entry["end_s"], text
+                )
+            )
+        segment_base += len(part.segments)
+    return out
+
+
+def chapter_marks(parts: Sequence[Part], starts_s: Sequence[float], duration_s: float) -> list[ChapterMark]:
+    """A mark where each chapter's first part starts (untitled chapters are numbered), ending at the next one."""
+    firsts = [(p, s) for p, s in zip(parts, starts_s, strict=True) if p.first_in_chapter]
+    marks = []
+    for i, (part, start_s) in enumerate(firsts):
+        end_s = firsts[i + 1][1] if i + 1 < len(firsts) else duration_s
+        marks.append(ChapterMark(part.chapter_title or f"Chapter {part.chapter + 1}", start_s, end_s))
+    return marks
+
+
+def _stamp(seconds: float) -> str:
+    ms = round(seconds * 1000)
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
+
+
+def chapters_text(marks: Sequence[ChapterMark]) -> str:
+    """One line a chapter, `HH:MM:SS.mmm Title` (the form podcast apps and video sites read)."""
+    return "".join(f"{_stamp(m.start_s)} {m.title}\n" for m in marks)
+
+
+def ffmetadata(marks: Sequence[ChapterMark], title: str) -> str:
+    def esc(value: str) -> str:
+        return "".join(f"\\{c}" if c in "=;#\\\n" else c for c in value)
+
+    lines = [";FFMETADATA1", f"title={esc(title)}"]
+    for m in marks:
+        lines += [
+            "[CHAPTER]",
+            "TIMEBASE=1/1000",
+            f"START={round(m.start_s * 1000)}",
+            f"END={round(m.end_s * 1000)}",
+            f"title={esc(m.title)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if fmt in ("m4b", "aac") and shutil.which("ffmpeg") is None:
+        raise UsageError(f"{fmt} needs ffmpeg, which is not installed")
+
+
+def encode(samples: np.ndarray, sample_rate: int, fmt: str, marks: Sequence[ChapterMark], title: str) -> bytes:
+    """The track in `fmt`, once. m4b is AAC in MP4 with the chapter markers; the rest are the worker's encoders
+    (their containers carry no chapters: the chapters file does)."""
+    if fmt != "m4b":
+        return encoders.encode(samples, sample_rate, fmt)
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise UsageError("m4b needs ffmpeg, which is not installed")
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = Path(tmp) / "chapters.txt"
+        meta.write_text(ffmetadata(marks, title), encoding="utf-8")
+        out = Path(tmp) / "book.m4b"
+        cmd = [
+            ffmpeg,
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-f",
+            "f32le",
+            "-ar",
+            str(sample_rate),
+            "-ac",
+            "1",
+            "-i",
+            "pipe:0",
+            "-i",
+            str(meta),
+            "-map",
+            "0:a",
+            "-map_metadata",
+            "1",
+            "-map_chapters",
+            "1",
+            "-c:a",
+            "aac",
+            "-b:a",
+            M4B_BITRATE,
+            "-movflags",
+            "+faststart",
+            "-f",
+            "mp4",
+            str(out),
+        ]
+        pcm = np.clip(np.asarray(samples, dtype="<f4"), -1.0, 1.0).tobytes()
+        done = subprocess.run(cmd, input=pcm, capture_output=True, timeout=FFMPEG_TIMEOUT_S, check=False)
+        if done.returncode != 0:
+            raise AssemblyError(f"ffmpeg failed making the m4b: {done.stderr.decode(errors='replace')[-500:]}")
+        return out.read_bytes()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def duration_of(audio: bytes) -> tuple[int, int]:
+    """(frames, sample rate) of a part's lossless audio."""
+    info = sf.info(io.BytesIO(audio))
+    return int(info.frames), int(info.samplerate)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from audio.output import postprocess
 from scripts import long_form
 from scripts.longform import assemble
 from scripts.longform.errors import AssemblyError, UsageError
@@ -334,3 +335,34 @@ def test_the_client_never_imports_torch():
     code = "import sys; import scripts.long_form; print('torch' in sys.modules, 'qwen_tts' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "False"]
+
+
+def speechlike(rate: int, seconds: float) -> np.ndarray:
+    """Noise bursts with pauses and a quiet opening: something for the gates to do."""
+    n = int(rate * seconds)
+    rng = np.random.default_rng(0)
+    on = (np.sin(np.arange(n) / rate * 2 * np.pi * 0.3) > -0.2).astype(np.float32)
+    x = rng.standard_normal(n).astype(np.float32) * 0.05 * on
+    x[: rate * 5] *= 0.001
+    return x
+
+
+@pytest.mark.parametrize("rate", [16000, 22050, 24000], ids=["16k", "22k", "24k"])
+def test_windowed_loudness_matches_the_workers_meter(rate):
+    x = speechlike(rate, 47.33)
+    assert assemble.integrated_loudness_lufs(x, rate) == pytest.approx(postprocess.measure_loudness(x, rate), abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("target", "peak_limited"), [(-18.0, False), (-6.0, True)], ids=["reaches-target", "peak-bound"]
+)
+def test_a_long_book_is_levelled_in_windows_under_the_ceiling(target, peak_limited):
+    rate = 16000
+    x = speechlike(rate, 47.33)
+    y = assemble.level(x.copy(), rate, target, whole_max_s=10.0)  # "long": the windowed path
+    assert postprocess.true_peak_dbtp(y, rate) <= -1.0
+    loudness = postprocess.measure_loudness(y, rate)
+    if peak_limited:
+        assert loudness < target - 1.0  # quieter than asked, never clipped
+    else:
+        assert loudness == pytest.approx(target, abs=0.02)

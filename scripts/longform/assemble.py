@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyloudnorm
 import soundfile as sf
 
 from audio.output import encoders, joiner, postprocess
@@ -27,6 +28,9 @@ FORMATS = ("mp3", "m4b", "aac", "flac", "wav", "opus")
 M4B_BITRATE = "64k"  # mono speech; what audiobook stores ship
 FFMPEG_TIMEOUT_S = 3600
 TRUE_PEAK_DBTP = -1.0
+LEVEL_WHOLE_MAX_S = 1800.0  # longer books are levelled window by window (see `level`)
+LEVEL_WINDOW_S = 600.0
+PEAK_OVERLAP = 64  # samples shared by neighbouring windows, so a peak between them is oversampled whole
 
 
 @dataclass(frozen=True)
@@ -64,11 +68,63 @@ def join_parts(parts: Sequence[Part], records: Sequence[PartRecord], folder: Pat
     return Track(samples, rate, tuple(seg[0][0] / rate for seg in spans))
 
 
-def level(samples: np.ndarray, sample_rate: int, loudness_lufs: float | None) -> np.ndarray:
-    """The whole book to one integrated loudness (the worker's BS.1770 levelling), true peak under -1 dBTP."""
+def level(
+    samples: np.ndarray, sample_rate: int, loudness_lufs: float | None, *, whole_max_s: float = LEVEL_WHOLE_MAX_S
+) -> np.ndarray:
+    """The whole book to one integrated loudness, true peak under -1 dBTP.
+
+    Up to `whole_max_s` of audio: the worker's levelling (BS.1770 with a look-ahead limiter). Longer: that would
+    hold several float64 copies and a 4x oversampled one at once (a 10-hour book at 24 kHz: tens of GB), so the
+    loudness is measured in windows (`integrated_loudness_lufs`, the same gating), one gain applied in place,
+    and lowered if a window's true peak would pass the ceiling (no limiter: the book may end up quieter than
+    asked, never clipped)."""
     if loudness_lufs is None:
         return samples
-    return postprocess.normalize_loudness(samples, sample_rate, loudness_lufs, true_peak_dbtp=TRUE_PEAK_DBTP)
+    if len(samples) <= whole_max_s * sample_rate:
+        return postprocess.normalize_loudness(samples, sample_rate, loudness_lufs, true_peak_dbtp=TRUE_PEAK_DBTP)
+    loudness = integrated_loudness_lufs(samples, sample_rate)
+    if not np.isfinite(loudness):
+        return samples
+    gain_db = loudness_lufs - loudness
+    window = int(LEVEL_WINDOW_S * sample_rate)
+    peak_db = max(
+        postprocess.true_peak_dbtp(samples[i : i + window + PEAK_OVERLAP], sample_rate)
+        for i in range(0, len(samples), window)
+    )
+    gain_db = min(gain_db, TRUE_PEAK_DBTP - 0.01 - peak_db)
+    samples *= np.float32(10.0 ** (gain_db / 20.0))
+    return samples
+
+
+def integrated_loudness_lufs(samples: np.ndarray, sample_rate: int) -> float:
+    """BS.1770-4 integrated loudness (pyloudnorm's K-weighting, 400 ms blocks every 100 ms, -70 LUFS and
+    -10 LU gates) computed window by window with the filter state carried over, so memory stays flat."""
+    from scipy import signal
+
+    # pyloudnorm's own filter coefficients for this rate (the version is pinned): the same K-weighting.
+    stages = list(pyloudnorm.Meter(sample_rate)._filters.values())
+    states = [np.zeros(max(len(f.a), len(f.b)) - 1) for f in stages]
+    hop = int(0.1 * sample_rate)
+    n_hops = len(samples) // hop
+    energies = np.empty(n_hops)
+    step = hop * int(LEVEL_WINDOW_S * 10)
+    for start in range(0, n_hops * hop, step):
+        y = np.asarray(samples[start : min(start + step, n_hops * hop)], dtype=np.float64)
+        for k, f in enumerate(stages):
+            y, states[k] = signal.lfilter(f.b, f.a, y, zi=states[k])
+            y *= f.passband_gain
+        energies[start // hop : start // hop + len(y) // hop] = np.square(y).reshape(-1, hop).sum(axis=1)
+    n_blocks = round((len(samples) / sample_rate - 0.4) / 0.1) + 1
+    block = int(0.4 * sample_rate)
+    z = np.convolve(energies, np.ones(4), mode="valid")[:n_blocks] / block
+    with np.errstate(divide="ignore"):
+        loud = -0.691 + 10.0 * np.log10(z)
+    gated = z[loud >= -70.0]
+    if gated.size == 0:
+        return float("-inf")
+    relative = -0.691 + 10.0 * np.log10(gated.mean()) - 10.0
+    kept = z[(loud > relative) & (loud > -70.0)]
+    return float(-0.691 + 10.0 * np.log10(kept.mean())) if kept.size else float("-inf")
 
 
 def timeline(parts: Sequence[Part], records: Sequence[PartRecord], starts_s: Sequence[float]) -> list:

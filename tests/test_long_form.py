@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import shlex
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -366,3 +369,18 @@ def test_a_long_book_is_levelled_in_windows_under_the_ceiling(target, peak_limit
         assert loudness < target - 1.0  # quieter than asked, never clipped
     else:
         assert loudness == pytest.approx(target, abs=0.02)
+
+
+def readme_long_form_commands() -> list[list[str]]:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Books and long podcasts across many workers\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
+    commands = [shlex.split(line, comments=True) for line in block.splitlines() if "scripts/long_form.py" in line]
+    return [c[c.index("scripts/long_form.py") + 1 :] for c in commands]
+
+
+@pytest.mark.parametrize("argv", readme_long_form_commands(), ids=lambda argv: argv[0])
+def test_readme_commands_parse(argv):
+    args = long_form.parse_args(argv)
+    options, _ = long_form.options_of(args)
+    assert options.fmt == args.out.suffix.lstrip(".")

@@ -275,12 +275,13 @@ def test_timeline_is_shifted_by_part_offsets_and_cues_stay_in_order(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("ffprobe") is None, reason="ffmpeg is not installed")
-def test_m4b_carries_the_chapter_markers(tmp_path):
+@pytest.mark.parametrize("fmt", ["m4b", "mp3"])
+def test_m4b_and_mp3_carry_the_chapter_markers(tmp_path, fmt):
     rate = 24000
     samples = (0.1 * np.sin(np.arange(3 * rate) * 2 * np.pi * 220 / rate)).astype(np.float32)
     marks = [assemble.ChapterMark("One = first", 0.0, 1.25), assemble.ChapterMark("Two", 1.25, 3.0)]
-    path = tmp_path / "book.m4b"
-    path.write_bytes(assemble.encode(samples, rate, "m4b", marks, "A Book"))
+    path = tmp_path / f"book.{fmt}"
+    path.write_bytes(assemble.encode(samples, rate, fmt, marks, "A Book"))
     probe = json.loads(
         subprocess.run(
             ["ffprobe", "-v", "error", "-show_chapters", "-show_format", "-of", "json", str(path)],

@@ -188,53 +188,36 @@ def check_format(fmt: str) -> None:
 
 
 def encode(samples: np.ndarray, sample_rate: int, fmt: str, marks: Sequence[ChapterMark], title: str) -> bytes:
-    """The track in `fmt`, once. m4b is AAC in MP4 with the chapter markers; the rest are the worker's encoders
-    (their containers carry no chapters: the chapters file does)."""
-    if fmt != "m4b":
-        return encoders.encode(samples, sample_rate, fmt)
+    """The track in `fmt`, once. m4b is AAC in MP4 with the chapter markers (ffmpeg); mp3 is the worker's encoder
+    with the markers added as ID3 chapter frames when ffmpeg is there (a copy, nothing re-encoded); the other
+    containers carry no chapters (the chapters file does)."""
+    if fmt == "m4b":
+        pcm = np.clip(np.asarray(samples, dtype="<f4"), -1.0, 1.0).tobytes()
+        source = ["-f", "f32le", "-ar", str(sample_rate), "-ac", "1"]
+        return _with_chapters(pcm, source, ["-c:a", "aac", "-b:a", M4B_BITRATE, "-movflags", "+faststart", "-f", "mp4"],
+                              marks, title)  # fmt: skip
+    audio = encoders.encode(samples, sample_rate, fmt)
+    if fmt == "mp3" and marks and shutil.which("ffmpeg") is not None:
+        return _with_chapters(audio, ["-f", "mp3"], ["-c", "copy", "-id3v2_version", "3", "-f", "mp3"], marks, title)
+    return audio
+
+
+def _with_chapters(
+    data: bytes, source_args: list[str], output_args: list[str], marks: Sequence[ChapterMark], title: str
+) -> bytes:
+    """ffmpeg: `data` (described by `source_args`) out through `output_args`, with the title and chapters."""
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
-        raise UsageError("m4b needs ffmpeg, which is not installed")
+        raise UsageError("chapter markers in this format need ffmpeg, which is not installed")
     with tempfile.TemporaryDirectory() as tmp:
         meta = Path(tmp) / "chapters.txt"
         meta.write_text(ffmetadata(marks, title), encoding="utf-8")
-        out = Path(tmp) / "book.m4b"
-        cmd = [
-            ffmpeg,
-            "-hide_banner",
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-f",
-            "f32le",
-            "-ar",
-            str(sample_rate),
-            "-ac",
-            "1",
-            "-i",
-            "pipe:0",
-            "-i",
-            str(meta),
-            "-map",
-            "0:a",
-            "-map_metadata",
-            "1",
-            "-map_chapters",
-            "1",
-            "-c:a",
-            "aac",
-            "-b:a",
-            M4B_BITRATE,
-            "-movflags",
-            "+faststart",
-            "-f",
-            "mp4",
-            str(out),
-        ]
-        pcm = np.clip(np.asarray(samples, dtype="<f4"), -1.0, 1.0).tobytes()
-        done = subprocess.run(cmd, input=pcm, capture_output=True, timeout=FFMPEG_TIMEOUT_S, check=False)
+        out = Path(tmp) / "book"
+        cmd = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", *source_args, "-i", "pipe:0", "-i", str(meta),
+               "-map", "0:a", "-map_metadata", "1", "-map_chapters", "1", *output_args, str(out)]  # fmt: skip
+        done = subprocess.run(cmd, input=data, capture_output=True, timeout=FFMPEG_TIMEOUT_S, check=False)
         if done.returncode != 0:
-            raise AssemblyError(f"ffmpeg failed making the m4b: {done.stderr.decode(errors='replace')[-500:]}")
+            raise AssemblyError(f"ffmpeg failed adding chapters: {done.stderr.decode(errors='replace')[-500:]}")
         return out.read_bytes()
 
 

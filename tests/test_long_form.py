@@ -22,6 +22,7 @@ from scripts.longform import assemble
 from scripts.longform.errors import AssemblyError, UsageError
 from scripts.longform.manifest import Manifest, PartRecord, file_sha256, manifest_path, parts_dir
 from scripts.longform.plan import Pauses, derive_seed, input_hash, part_input, plan_parts
+from scripts.longform.runner import Progress
 from scripts.longform.source import Chapter, Segment, Source, parse_podcast, parse_text, read_source
 
 MARKDOWN = """Front matter before any heading.
@@ -385,3 +386,21 @@ def test_readme_commands_parse(argv):
     args = long_form.parse_args(argv)
     options, _ = long_form.options_of(args)
     assert options.fmt == args.out.suffix.lstrip(".")
+
+
+@pytest.mark.parametrize("bar", [True, False], ids=["bar", "lines"])
+def test_progress_shows_parts_characters_and_audio(bar):
+    stream = io.StringIO()
+    progress = Progress(stream, bar=bar)
+    progress.start(parts_total=4, chars_total=400, parts_done=1, chars_done=100, audio_s=6.0)
+    progress.part_done("c0000-p001", 100, 7.5)
+    progress.close()
+    text = stream.getvalue()
+    if bar:
+        assert "parts 2/4" in text and "200/400" in text and "14 s audio" in text
+    else:
+        assert text.splitlines()[0] == "1/4 parts done (100/400 characters) before this run"
+        assert re.fullmatch(
+            r"part c0000-p001 done: 2/4 parts, 200/400 characters, 13\.5 s of audio, about \d+ s left",
+            text.splitlines()[1],
+        )

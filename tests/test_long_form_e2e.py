@@ -23,6 +23,7 @@ import requests
 import soundfile as sf
 
 from scripts import long_form
+from scripts.longform.errors import RunFailed
 from scripts.longform.fanout import LocalApiQueue
 from scripts.longform.manifest import Manifest, parts_dir
 from scripts.longform.plan import Pauses
@@ -229,3 +230,16 @@ def test_a_cloned_voice_is_saved_once_and_every_part_speaks_it(urls, book, tmp_p
                 progress=Progress(io.StringIO(), bar=False))  # fmt: skip
     assert Manifest.load(again.manifest).voice["voice_id"] == voice_id
     assert again.out.read_bytes() == report.out.read_bytes()
+
+
+def test_a_part_the_worker_refuses_is_not_retried(urls, book, tmp_path):
+    with pytest.raises(RunFailed) as failed:
+        run(book, tmp_path / "book.wav", [LocalApiQueue(u) for u in urls], options=OPTIONS,
+            voice=VoicePlan(voice="nobody"), seed=SEED, progress=Progress(io.StringIO(), bar=False))  # fmt: skip
+    messages = str(failed.value).split("; ")
+    assert len(messages) == 5
+    assert all(
+        "FAILED: invalid_input: segments[0]: unknown voice 'nobody'" in m and m.endswith("(after 1 tries)")
+        for m in messages
+    )
+    assert Manifest.load(tmp_path / "book.manifest.json").parts == {}

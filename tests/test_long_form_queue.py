@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from scripts.longform.fanout import EndpointQueue
+from scripts.longform.errors import RunFailed
+from scripts.longform.fanout import EndpointQueue, Retry
 from scripts.longform.manifest import Manifest, parts_dir
 from scripts.longform.plan import Pauses
 from scripts.longform.runner import Options, Progress, VoicePlan, parts_of, run
@@ -185,3 +186,20 @@ def test_ctrl_c_cancels_the_parts_in_flight(queue, tmp_path):
         assert time.monotonic() < deadline, "the worker did not stop the cancelled part"
         time.sleep(0.1)
     assert queue.plane.of("done", stopped[0]) == []
+
+
+def test_a_part_past_its_timeout_is_cancelled_on_the_queue(queue, tmp_path):
+    book = tmp_path / "book.txt"
+    book.write_text("One short part.")
+    env = {"RUNPOD_ENDPOINT_BASE_URL": queue.base_url}
+    options = Options(fmt="wav", job_fields={**JOB, "_delay_s": 30}, retry=Retry(attempts=1, part_timeout_s=2.0))
+    with pytest.raises(
+        RunFailed, match=r"part c0000-p000: job (job-\d+) still IN_PROGRESS after 2 s \(after 1 tries\)"
+    ):
+        run(book, tmp_path / "book.wav", [EndpointQueue(ENDPOINT, KEY, env, poll_s=0.1)], options=options,
+            voice=VoicePlan(), seed=1, progress=Progress(io.StringIO(), bar=False))  # fmt: skip
+    job_id = queue.cancelled[-1]
+    deadline = time.monotonic() + 10
+    while f"{job_id} | Stopping job." not in queue.log_path.read_text():
+        assert time.monotonic() < deadline, "the worker did not stop the timed-out part"
+        time.sleep(0.1)

@@ -199,7 +199,8 @@ def test_podcast_parts_keep_segment_fields_and_own_pauses():
         (({"text": "Hi!", "voice": "Vivian", "pause_ms": 500},), 500),
         (({"text": "Part two starts.", "voice": "Ryan"},), 2000),
     ]
-    job = part_input(parts[1], {"language": "en", "voice": "Aiden"}, paragraph_pause_ms=600, transfer_format="flac")
+    fields = {"language": "en", "voice": "Aiden", "join": False, "stream": True, "seed": 1, "output_format": "mp3"}
+    job = part_input(parts[1], fields, paragraph_pause_ms=600, transfer_format="flac")
     assert job == {
         "pause_ms": 600,
         "language": "en",

@@ -106,11 +106,16 @@ def plan_parts(source: Source, *, part_chars: int, job_seed: int, pauses: Pauses
     return parts
 
 
+# Fields of a job the client decides for every part: its own seed and lossless format, one joined track, no stream;
+# captions come from the timeline, which every joined result carries.
+CLIENT_FIELDS = ("text", "segments", "seed", "output_format", "join", "stream", "captions")
+
+
 def part_input(part: Part, fields: dict[str, Any], *, paragraph_pause_ms: int, transfer_format: str) -> dict[str, Any]:
     """The part's job input: the run's fields (voice, model, params...) under its segments, seed and format."""
     return {
         "pause_ms": paragraph_pause_ms,
-        **fields,
+        **{k: v for k, v in fields.items() if k not in CLIENT_FIELDS},
         "segments": [dict(s) for s in part.segments],
         "seed": part.seed,
         "output_format": transfer_format,

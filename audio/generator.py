@@ -222,6 +222,7 @@ class Generator:
                 first = clone_of.get(members[0].index)
                 voice = voices[members[0].segment] if first is None else self._clone_voice(first, model, warnings)
                 language = plan.segments[members[0].segment].language
+                rate_key = (model_name, voice.key(), language)  # whose speaking rate the guard measures
                 prompt = None
                 if voice.ref_audio is not None:
                     if voice.key() not in prompts:
@@ -239,7 +240,7 @@ class Generator:
                         live = listener if batch_no == 0 and attempt == 0 else None
                         streamed = live is not None and bool(live.live_piece_frames) and model.capabilities.streams
                         failures = self._generate(
-                            model, voice, language, prompt, pending, plan, seed, attempt, (rates, model_name), live
+                            model, voice, language, prompt, pending, plan, seed, attempt, rates, rate_key, live
                         )
                         model_time_s += time.perf_counter() - started
                         if not failures:
@@ -256,7 +257,7 @@ class Generator:
                         log.warning("retrying %d chunk(s) of batch %d: %s", len(failures), batch_no, failures[0][1])
                         pending = [c for c, _ in failures]
                     for chunk in batch:
-                        rates.accept((model_name, voice.key(), language), chunk.weight, chunk.duration_s)
+                        rates.accept(rate_key, chunk.weight, chunk.duration_s)
                     batch_no += 1
                     done += len(batch)
                     if listener is not None:
@@ -400,12 +401,12 @@ class Generator:
         plan: JobPlan,
         seed: int,
         attempt: int,
-        rates_for: tuple[RateModel, str],
+        rates: RateModel,
+        rate_key: tuple,
         live: ChunkListener | None = None,
     ) -> list[tuple[Chunk, str]]:
         frame_rate = model.sample_rate / model.frame_samples
         limits, guard_limits = self.config.limits, self.config.guard
-        rates, rate_key = rates_for[0], (rates_for[1], voice.key(), language)
         expected = [rates.expected_s(rate_key, language, c.weight) for c in batch]
         budgets = [frame_budget(c.weight, frame_rate, limits) for c in batch]
         user_cap = plan.max_new_tokens

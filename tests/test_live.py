@@ -54,6 +54,8 @@ def cuts_of(pieces: list[str], *, clause_chars: int = 100, flush: bool = True) -
     [
         pytest.param(["Hello. Wor"], False, [], id="period-waits-for-the-next-word"),
         pytest.param(["Hello. Wor", "ld "], False, [("Hello.", SENTENCE, True)], id="period-settled-by-a-word"),
+        pytest.param(["It is done. I"], False, [("It is done.", SENTENCE, True)], id="plain-word-period-by-a-char"),
+        pytest.param(["It is done. i"], False, [], id="lowercase-after-is-no-end"),
         pytest.param(["Wow! T"], False, [("Wow!", SENTENCE, True)], id="exclamation-settled-by-a-char"),
         pytest.param(["Ask Dr.", " Smith", " now. Then "], False, [("Ask Dr. Smith now.", SENTENCE, True)], id="title"),
         pytest.param(["The U.S. A", "rmy won. So "], False, [("The U.S. Army won.", SENTENCE, True)], id="dotted"),
@@ -65,7 +67,9 @@ def cuts_of(pieces: list[str], *, clause_chars: int = 100, flush: bool = True) -
             [("One.", SENTENCE, True), ("Two.", SENTENCE, True), ("Three", SENTENCE, False)],
             id="flush-all",
         ),
-        pytest.param(["and it is 3.", "5 metres. No"], False, [], id="decimal-not-an-end"),
+        pytest.param(
+            ["and it is 3.", "5 metres. No"], False, [("and it is 3.5 metres.", SENTENCE, True)], id="decimal-no-end"
+        ),
     ],
 )
 def test_text_is_cut_once_the_text_after_settles_it(pieces, flush, want):

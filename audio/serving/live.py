@@ -74,9 +74,11 @@ CONFIG_FIELDS = (
 _PROBE_TEXT = "Hello."  # a config is validated as a job speaking this
 _UNBOUNDED = 10**9
 _CLOSERS = "\"'”’)]}»」』》）】〉〕｝"
-# After these (closers aside) the splitter's cut depends on the next character only; after a period, on the next
-# word ("U.S. Army", "Dr. No", "5 p.m. EST"), so a cut there waits for a whole word after it.
+# After these (closers aside) the splitter's cut depends on the next character only, as after a period that ends
+# a plain lowercase word ("today."); after other periods it may depend on the next word ("U.S. Army", "Dr. No",
+# "5 p.m. EST"), so a cut there waits for a whole word after it.
 _SETTLED_BY_ONE_CHAR = frozenset("!?…;:,。！？；：，、｡\n")
+_PLAIN_WORD_PERIOD = re.compile(r"(?:^|\s)[a-z]{2,}\.\Z")
 _ONE_WORD = re.compile(r"\s*\S+(\s)?")
 _FFMPEG_FORMATS = ("mp3", "opus", "aac")
 _DRAIN_POLL_S = 0.1  # how often an idle ffmpeg-encoded session sends what its encoder has finished
@@ -104,8 +106,8 @@ def _settled(text: str, end: int) -> bool:
         return False
     if word.group(1) is not None:
         return True
-    before = text[:end].rstrip(_CLOSERS)[-1:]
-    return before in _SETTLED_BY_ONE_CHAR
+    before = text[:end].rstrip(_CLOSERS)
+    return before[-1:] in _SETTLED_BY_ONE_CHAR or _PLAIN_WORD_PERIOD.search(before) is not None
 
 
 class TextBuffer:
@@ -555,6 +557,7 @@ class LiveSession:
         )
         first_audio_s = None
         speech = sent_bytes = 0
+        waiting_s = 0.0
         cancelled = False
         parts: Iterator[tuple[bytes, int, int]] | None = None
         try:
@@ -569,7 +572,11 @@ class LiveSession:
                 speech += speech_samples
                 sent_bytes += len(data)
                 self.position += speech_samples + pause_samples
-                self.outbox.audio(data, (speech_samples + pause_samples) / self.rate)
+                # wav's file and an ffmpeg encoder's bytes come after their samples: they carry those seconds.
+                waiting_s += (speech_samples + pause_samples) / self.rate
+                if data:
+                    self.outbox.audio(data, waiting_s)
+                    waiting_s = 0.0
         except Cancelled:
             cancelled = True
         finally:

@@ -648,10 +648,18 @@ class LiveSession:
                 self.outbox.sent(seconds)
 
 
+def _denial_is_no_error(record: logging.LogRecord) -> bool:
+    # Gotcha: uvicorn's sans-I/O WebSocket protocol logs an error after every denial response (a 429 or 503 sent
+    # instead of the upgrade), as if the app had forgotten the handshake; the response itself is sent right.
+    return record.getMessage() != "ASGI callable returned without completing handshake."
+
+
 def add_route(app: Any, worker: Any, *, admit: Callable[[], Any], leave: Callable[[], None]) -> None:
     """Serve live sessions on `app`. `admit()` is None to let a session in (it then counts until `leave()`), or
     the HTTP response that refuses it before the upgrade (503 while loading, 429 with Retry-After when full)."""
     from fastapi import WebSocket
+
+    logging.getLogger("uvicorn.error").addFilter(_denial_is_no_error)
 
     @app.websocket(ROUTE)
     async def speech_stream(websocket: WebSocket) -> None:

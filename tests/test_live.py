@@ -307,7 +307,8 @@ def test_a_slow_reader_is_buffered_to_the_bound_then_told(serve, caplog):
     sock.connect(("127.0.0.1", server.port))
     text = " ".join(f"Sentence number {i} is here." for i in range(40))
     with caplog.at_level(logging.WARNING), connect(url(server), sock=sock, max_queue=1) as ws:
-        ws.send(config(params={"max_new_tokens": 40}))
+        # The server's kernel takes megabytes before the socket pushes back: 48 kHz gets there in half the audio.
+        ws.send(config(params={"max_new_tokens": 40}, sample_rate=48000))
         ws.send(msg("input.text", text=text))
         ws.send(msg("input.done"))
         deadline = time.monotonic() + 120
@@ -322,7 +323,7 @@ def test_a_slow_reader_is_buffered_to_the_bound_then_told(serve, caplog):
         and "QWEN_TTS_LIVE_BUFFER_SECONDS" in error["message"]
     )
     assert got.code == 4429
-    assert sum(len(got.pcm(i)) for i in got.audio) < 40 * 39 * FRAME
+    assert sum(len(got.pcm(i)) for i in got.audio) < 40 * 39 * FRAME * 2
 
 
 @pytest.mark.parametrize(
@@ -456,6 +457,24 @@ def test_two_sessions_beside_a_job_keep_their_own_audio(serve):
             ).astype(int)
             speech = got.pcm(i)[: len(want)]
             assert len(want) == SPEECH and np.max(np.abs(speech - want)) <= MAX_LSB_DIFF
+
+
+def test_the_example_client_streams_a_file_word_by_word_and_saves_the_audio(serve, tmp_path, capsys):
+    from scripts import live_client
+
+    server = serve()
+    (tmp_path / "reply.txt").write_text("Thanks for calling. Your order left on Monday, so it comes soon. Bye")
+    out = tmp_path / "reply.wav"
+    argv = ["--url", f"ws://127.0.0.1:{server.port}", "--file", str(tmp_path / "reply.txt"), "--out", str(out)]
+    assert live_client.main([*argv, "--words-per-second", "200", "--max-new-tokens", str(TOKENS), "--seed", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert [line.split("  ")[-1] for line in printed.splitlines() if line.startswith("[")] == [
+        "Thanks for calling.",
+        "Your order left on Monday, so it comes soon.",
+        "Bye",
+    ]
+    assert "3 sentences: last word -> first audio median" in printed
+    assert sf.info(str(out)).frames == 3 * SPEECH + 2 * PAUSE and sf.info(str(out)).samplerate == RATE
 
 
 def test_the_real_process_serves_a_session(tiny_model_dir):

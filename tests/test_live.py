@@ -25,6 +25,7 @@ import soundfile as sf
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from audio.errors import InputError
 from audio.serving import live
 from audio.serving.http_server import create_app
 from audio.speech import derive_seed
@@ -86,6 +87,46 @@ def test_a_clause_without_breaks_is_cut_only_past_a_chunk():
     buffer = live.TextBuffer(20, 20, 40)
     cuts = [c for word in ("word " * 12).split(" ") for c in buffer.push(word + " ")]
     assert [(c.end - c.start, c.boundary) for c in cuts][:1] == [(19, FORCED)]
+
+
+@pytest.mark.parametrize(
+    ("config_fields", "want"),
+    [
+        pytest.param(
+            {"task_type": "Base", "ref_audio": "x", "x_vector_only_mode": True},
+            {"model": "0.6B-Base", "ref_audio": "x", "x_vector_only": True, "output_format": "pcm"},
+            id="vllm-names",
+        ),
+        pytest.param(
+            {"response_format": "ulaw_8000"}, {"output_format": "ulaw", "sample_rate": 8000}, id="elevenlabs-format"
+        ),
+        pytest.param(
+            {"instructions": "calm", "params": {"top_k": 1}, "max_new_tokens": 5},
+            {"instruct": "calm", "params": {"top_k": 1, "max_new_tokens": 5}, "output_format": "pcm"},
+            id="params",
+        ),
+    ],
+)
+def test_a_session_config_is_a_contract_job(config_fields, want):
+    assert live.session_job({"type": "session.config", **config_fields}, "0.6B-CustomVoice") == {
+        **want,
+        "stream": True,
+        "delivery": "base64",
+    }
+
+
+@pytest.mark.parametrize(
+    ("config_fields", "fragment"),
+    [
+        pytest.param({"instruct": "a", "instructions": "b"}, "not both", id="both"),
+        pytest.param({"response_format": "pcm_16000", "sample_rate": 8000}, "names 16000 Hz", id="two-rates"),
+        pytest.param({"task_type": "Podcast"}, "unknown task_type", id="task"),
+        pytest.param({"stream_audio": "yes"}, "stream_audio", id="stream-audio"),
+    ],
+)
+def test_a_bad_session_config_is_refused_by_name(config_fields, fragment):
+    with pytest.raises(InputError, match=fragment):
+        live.session_job(config_fields, "0.6B-CustomVoice")
 
 
 # -- the server ------------------------------------------------------------------------------------------------
@@ -457,6 +498,55 @@ def test_two_sessions_beside_a_job_keep_their_own_audio(serve):
             ).astype(int)
             speech = got.pcm(i)[: len(want)]
             assert len(want) == SPEECH and np.max(np.abs(speech - want)) <= MAX_LSB_DIFF
+
+
+def test_a_live_sentence_runs_between_a_long_jobs_batches(serve, model_cache):
+    calls: list[str] = []
+
+    def recorded(name):
+        model = model_cache.get(name)
+
+        class Recorded:
+            def __getattr__(self, attr):
+                return getattr(model, attr)
+
+            def generate(self, requests, **kwargs):
+                calls.append("job batch")
+                return model.generate(requests, **kwargs)
+
+            def stream(self, requests, **kwargs):
+                calls.append("live sentence")
+                yield from model.stream(requests, **kwargs)
+
+        return Recorded()
+
+    server = serve({"QWEN_TTS_MAX_BATCH": "1"}, get_model=recorded)
+    text = " ".join(f"Sentence number {i} is here." for i in range(12))
+    job = threading.Thread(
+        target=requests.post,
+        args=(f"{server.url}/run",),
+        kwargs={"json": {"input": {"text": text, "params": {"max_new_tokens": 40}}}, "timeout": 300},
+    )
+    job.start()
+    while "job batch" not in calls:
+        time.sleep(0.01)
+    got = speak(server, ["Live words here."], params={"max_new_tokens": 40})
+    job.join(300)
+    assert got.code == 1000 and len(got.pcm(0)) == 39 * FRAME
+    # The job's 12 batches of one chunk each; the sentence took its turn between them, not after the job.
+    assert calls.count("job batch") == 12 and calls.index("live sentence") < len(calls) - 1
+
+
+def test_a_clone_reference_speaks(serve, speech_wav):
+    ref = base64.b64encode(speech_wav).decode()
+    got = speak(serve(), ["Cloned words here."], model="0.6B-Base", voice=None, ref_audio=ref, x_vector_only=True)
+    assert got.code == 1000 and got.events[0]["model"] == "0.6B-Base" and len(got.pcm(0)) == SPEECH
+
+
+def test_a_sentence_that_fails_its_check_ends_the_session(serve):
+    got = speak(serve(), ["Hi."], params={})  # the tiny model never stops: without a cap the chunk runs away
+    assert (got.events[-1]["type"], got.events[-1]["code"], got.code) == ("error", "synthesis_failed", 4500)
+    assert "could not be retried" in got.events[-1]["message"]
 
 
 def test_the_example_client_streams_a_file_word_by_word_and_saves_the_audio(serve, tmp_path, capsys):

@@ -38,7 +38,7 @@ from audio.output import encoders
 from audio.serving import streaming
 from audio.serving.service import failure
 from audio.speech import derive_seed
-from audio.text.splitter import CLAUSE, SENTENCE, split_chunks, text_weight
+from audio.text.splitter import CLAUSE, SENTENCE, ChunkSpan, split_chunks, text_weight
 from audio.text.spoken import is_speakable
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ class TextBuffer:
             out.append(Cut(base + head.start, base + head.end, head.boundary, True))
             self.cut_to = base + head.end
 
-    def _clause(self, rest: str) -> Any:
+    def _clause(self, rest: str) -> ChunkSpan | None:
         """The first clause of an unfinished sentence once it holds `clause_chars` (a forced cut once it is longer
         than a chunk may be), or None."""
         weight = text_weight(rest.strip())
@@ -368,9 +368,9 @@ class LiveSession:
         finally:
             for task in tasks:
                 task.cancel()
-                if task.done() and not task.cancelled():
-                    task.exception()  # retrieved: a receiver that saw the client leave after the end is no news
             self._stop_generation()
+            # A receiver may still see the client leave after the end: no news, but it is collected.
+            await asyncio.gather(*tasks, return_exceptions=True)
             if self.encoder is not None:
                 self.encoder.close()
 

@@ -543,6 +543,14 @@ def test_a_clone_reference_speaks(serve, speech_wav):
     assert got.code == 1000 and got.events[0]["model"] == "0.6B-Base" and len(got.pcm(0)) == SPEECH
 
 
+def test_a_saved_voice_speaks(serve, speech_wav, tmp_path):
+    server = serve({"QWEN_TTS_VOICE_DIR": str(tmp_path / "voices")})
+    create = {"action": "create_voice", "name": "Agent", "ref_audio": base64.b64encode(speech_wav).decode()}
+    voice_id = requests.post(f"{server.url}/run", json={"input": {**create, "x_vector_only": True}}).json()["voice_id"]
+    got = speak(server, ["Saved voice words."], voice=voice_id)
+    assert got.code == 1000 and got.events[0]["model"] == "0.6B-Base" and len(got.pcm(0)) == SPEECH
+
+
 def test_a_sentence_that_fails_its_check_ends_the_session(serve):
     got = speak(serve(), ["Hi."], params={})  # the tiny model never stops: without a cap the chunk runs away
     assert (got.events[-1]["type"], got.events[-1]["code"], got.code) == ("error", "synthesis_failed", 4500)

@@ -83,6 +83,12 @@ def test_an_unfinished_sentence_is_cut_at_a_clause_once_enough_waits():
     assert got == [("This first clause runs on for a while,", CLAUSE, True)]
 
 
+def test_cjk_without_breaks_is_cut_past_a_chunk_too():
+    buffer = live.TextBuffer(20, 20, 40)
+    cuts = [c for ch in "我们今天去公园散步然后回家吃饭" * 3 for c in buffer.push(ch)]
+    assert [(c.end - c.start, c.boundary) for c in cuts][:1] == [(6, FORCED)]  # 18 of weight: the target
+
+
 def test_a_clause_without_breaks_is_cut_only_past_a_chunk():
     buffer = live.TextBuffer(20, 20, 40)
     cuts = [c for word in ("word " * 12).split(" ") for c in buffer.push(word + " ")]

@@ -75,8 +75,8 @@ _PROBE_TEXT = "Hello."  # a config is validated as a job speaking this
 _UNBOUNDED = 10**9
 _CLOSERS = "\"'”’)]}»」』》）】〉〕｝"
 # After these (closers aside) the splitter's cut depends on the next character only, as after a period that ends
-# a plain lowercase word ("today."); after other periods it may depend on the next word ("U.S. Army", "Dr. No",
-# "5 p.m. EST"), so a cut there waits for a whole word after it.
+# a plain lowercase word ("today.") and after CJK; after other periods it may depend on the next word ("U.S.
+# Army", "Dr. No", "5 p.m. EST"), so a cut there waits for a whole word after it.
 _SETTLED_BY_ONE_CHAR = frozenset("!?…;:,。！？；：，、｡\n")
 _PLAIN_WORD_PERIOD = re.compile(r"(?:^|\s)[a-z]{2,}\.\Z")
 _ONE_WORD = re.compile(r"\s*\S+(\s)?")
@@ -107,7 +107,9 @@ def _settled(text: str, end: int) -> bool:
     if word.group(1) is not None:
         return True
     before = text[:end].rstrip(_CLOSERS)
-    return before[-1:] in _SETTLED_BY_ONE_CHAR or _PLAIN_WORD_PERIOD.search(before) is not None
+    if before[-1:] in _SETTLED_BY_ONE_CHAR or _PLAIN_WORD_PERIOD.search(before) is not None:
+        return True
+    return text_weight(before[-1:]) > 1  # CJK: no spaces, so no whole word ever comes; one character decides
 
 
 class TextBuffer:

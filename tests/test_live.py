@@ -563,6 +563,48 @@ def test_a_sentence_that_fails_its_check_ends_the_session(serve):
     assert "could not be retried" in got.events[-1]["message"]
 
 
+def elevenlabs(server, voice: str, query: str, messages: list[dict]) -> tuple[list[dict], int | None]:
+    got, code = [], None
+    path = live.ELEVENLABS_ROUTE.format(voice_id=voice)
+    with connect(f"ws://127.0.0.1:{server.port}{path}?{query}") as ws:
+        for message in messages:
+            ws.send(json.dumps(message))
+        try:
+            while True:
+                got.append(json.loads(ws.recv(timeout=60)))
+        except ConnectionClosed as closed:
+            code = closed.rcvd.code if closed.rcvd else None
+    return got, code
+
+
+def test_elevenlabs_stream_input_speaks_as_a_native_session(serve):
+    server = serve()
+    init = {"text": " ", "voice_settings": {"stability": 0.5}, "xi_api_key": "unused"}
+    messages = [init, {"text": "Hello there. "}, {"text": "How are", "flush": True}, {"text": " you?"}, {"text": ""}]
+    got, code = elevenlabs(
+        server, "Ryan", "output_format=pcm_24000&seed=5&max_new_tokens=9&model_id=eleven_x", messages
+    )
+    assert code == 1000 and got[-1] == {"isFinal": True}
+    assert all(m["isFinal"] is None and set(m) == {"audio", "isFinal", "normalizedAlignment"} for m in got[:-1])
+    audio = b"".join(base64.b64decode(m["audio"]) for m in got[:-1])
+    native = speak(server, ["Hello there. ", "How are"], seed=5)  # the flush cuts "How are" on its own
+    native_audio = b"".join(b"".join(native.audio[i]) for i in sorted(native.audio))
+    assert len(audio) == 2 * (SPEECH + PAUSE + SPEECH + PAUSE + SPEECH) and audio[: len(native_audio)] == native_audio
+
+
+@pytest.mark.parametrize(
+    ("query", "want"),
+    [
+        pytest.param("output_format=ulaw_8000", ("ok", 1000), id="ulaw_8000"),
+        pytest.param("output_format=mp3_44100_128", ("ok", 1000), id="mp3-with-bitrate"),
+        pytest.param("output_format=flac_44100", ("invalid_input", 4400), id="flac"),
+    ],
+)
+def test_elevenlabs_formats_and_errors(serve, query, want):
+    got, code = elevenlabs(serve(), "Ryan", f"{query}&max_new_tokens=9", [{"text": " "}, {"text": "Hi."}, {"text": ""}])
+    assert (got[-1].get("error", "ok"), code) == want
+
+
 def test_the_example_client_streams_a_file_word_by_word_and_saves_the_audio(serve, tmp_path, capsys):
     from scripts import live_client
 

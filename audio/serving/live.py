@@ -14,10 +14,12 @@ pieces), on the shared models through the model gate like every other request. S
 mode's admission limit but hold no run slot: a live sentence and a long job meet at the gate, batch by batch, so
 neither waits for the other to end. Audio waits in an `Outbox` bounded in seconds (past the bound a slow reader's
 session ends); `input.cancel` and a closed socket stop the generation at its next piece and drop what was queued.
-What ends a session becomes its error event in one place (`error_event`).
+What ends a session becomes its error event in one place (`error_event`). `ElevenLabsSocket` carries ElevenLabs'
+`stream-input` messages over the same session.
 """
 
 import asyncio
+import base64
 import collections
 import contextlib
 import json
@@ -32,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from audio.catalog import find_model
 from audio.errors import Cancelled, ClientTooSlow, IdleTimeout, InputError
 from audio.openai_compat import speech_request
 from audio.output import encoders
@@ -44,6 +47,7 @@ from audio.text.spoken import is_speakable
 log = logging.getLogger(__name__)
 
 ROUTE = "/v1/audio/speech/stream"
+ELEVENLABS_ROUTE = "/v1/text-to-speech/{voice_id}/stream-input"
 CLOSE_NORMAL = 1000
 # 4000 + the HTTP status the HTTP mode answers the same code with; the session's own codes take 408 and 429's.
 CLOSE_CODES = {
@@ -650,6 +654,74 @@ class LiveSession:
                 self.outbox.sent(seconds)
 
 
+class ElevenLabsSocket:
+    """ElevenLabs' `stream-input` shape over a live session, for agent frameworks that speak it: the path's voice
+    and the query's `output_format`, `language_code`, `model_id` (a worker model, else the default), `seed` and
+    `max_new_tokens` make the session.config; `{"text": "..."}` is input.text (`"flush": true` adds input.flush),
+    `{"text": ""}` is input.done. Audio goes out as `{"audio": "<base64>", "isFinal": null}`, the end as
+    `{"isFinal": true}`, an error as `{"error": code, "message": ...}` before the close; the other events and
+    query parameters are not part of that shape and are left out."""
+
+    def __init__(self, websocket: Any, voice_id: str, query: Any):
+        self.ws = websocket
+        self.voice_id = voice_id
+        self.query = dict(query)
+        self.configured = False
+        self.pending: collections.deque[dict[str, Any]] = collections.deque()
+
+    async def accept(self) -> None:
+        await self.ws.accept()
+
+    async def close(self, code: int = CLOSE_NORMAL, reason: str | None = None) -> None:
+        await self.ws.close(code, reason)
+
+    async def receive(self) -> dict[str, Any]:
+        if self.pending:
+            return self.pending.popleft()
+        message = await self.ws.receive()
+        try:
+            payload = json.loads(message["text"]) if message.get("text") is not None else None
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            return message  # the session reports what is wrong with it
+        ours: list[dict[str, Any]] = []
+        if not self.configured:
+            self.configured = True
+            ours.append(self._config())
+        text = payload.get("text")
+        ours.append({"type": "input.done"} if text == "" else {"type": "input.text", "text": text})
+        if payload.get("flush") is True and text != "":
+            ours.append({"type": "input.flush"})
+        self.pending.extend({"type": "websocket.receive", "text": json.dumps(m)} for m in ours)
+        return self.pending.popleft()
+
+    def _config(self) -> dict[str, Any]:
+        query = self.query
+        # ElevenLabs names a bitrate too (mp3_44100_128): the worker's own is used (64 kbps to 24 kHz, 128 above).
+        fmt = re.sub(r"^(mp3|opus)_(\d+)_\d+$", r"\1_\2", query.get("output_format", "mp3_44100_128"))
+        config: dict[str, Any] = {"type": "session.config", "voice": self.voice_id, "response_format": fmt}
+        if query.get("language_code"):
+            config["language"] = query["language_code"]
+        if query.get("model_id") and find_model(query["model_id"]) is not None:
+            config["model"] = query["model_id"]
+        for name in ("seed", "max_new_tokens"):
+            if name in query:
+                config[name] = int(query[name]) if query[name].isdigit() else query[name]
+        return config
+
+    async def send_text(self, data: str) -> None:
+        event = json.loads(data)
+        if event["type"] == "session.done":
+            await self.ws.send_text(json.dumps({"isFinal": True}))
+        elif event["type"] == "error":
+            await self.ws.send_text(json.dumps({"error": event["code"], "message": event["message"]}))
+
+    async def send_bytes(self, data: bytes) -> None:
+        audio = base64.b64encode(data).decode()
+        await self.ws.send_text(json.dumps({"audio": audio, "isFinal": None, "normalizedAlignment": None}))
+
+
 def _denial_is_no_error(record: logging.LogRecord) -> bool:
     # Gotcha: uvicorn's sans-I/O WebSocket protocol logs an error after every denial response (a 429 or 503 sent
     # instead of the upgrade), as if the app had forgotten the handshake; the response itself is sent right.
@@ -663,13 +735,20 @@ def add_route(app: Any, worker: Any, *, admit: Callable[[], Any], leave: Callabl
 
     logging.getLogger("uvicorn.error").addFilter(_denial_is_no_error)
 
-    @app.websocket(ROUTE)
-    async def speech_stream(websocket: WebSocket) -> None:
+    async def serve(websocket: WebSocket, socket: Any) -> None:
         refused = admit()
         if refused is not None:
             await websocket.send_denial_response(refused)
             return
         try:
-            await LiveSession(worker, websocket).run()
+            await LiveSession(worker, socket).run()
         finally:
             leave()
+
+    @app.websocket(ROUTE)
+    async def speech_stream(websocket: WebSocket) -> None:
+        await serve(websocket, websocket)
+
+    @app.websocket(ELEVENLABS_ROUTE)
+    async def elevenlabs_stream_input(websocket: WebSocket, voice_id: str) -> None:
+        await serve(websocket, ElevenLabsSocket(websocket, voice_id, websocket.query_params))

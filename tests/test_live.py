@@ -1,7 +1,8 @@
 """Live sessions (audio/serving/live.py): the text cutter on its own, then the real server on loopback through the
 real `websockets` client: text in pieces split mid-word against the same text sent whole, flush, cancel and a
 client leaving mid-sentence (generation stopped: frames counted), a slow reader, bad configs and messages, the
-session limit, every format, two sessions beside a queue-shaped job, and the real `handler.py` process."""
+session limit, every format, two sessions beside a queue-shaped job, a sentence between a long job's batches,
+ElevenLabs' stream-input shape, the example client, and the real `handler.py` process."""
 
 from __future__ import annotations
 

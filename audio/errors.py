@@ -50,6 +50,18 @@ class DeliveryError(TTSError):
     code = "delivery_failed"
 
 
+class IdleTimeout(TTSError):
+    """A live session (the HTTP mode's WebSocket) received nothing and had nothing to say for too long."""
+
+    code = "idle_timeout"
+
+
+class ClientTooSlow(TTSError):
+    """A live session's client read its audio too slowly: more than the buffer's bound waited to be sent."""
+
+    code = "client_too_slow"
+
+
 class Cancelled(Exception):
     """Not a contract error: the job's consumer went away (client disconnect, RunPod cancel, shutdown), so its
     generation stops at the next piece or batch."""

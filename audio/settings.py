@@ -141,6 +141,11 @@ class Settings:
     refresh_worker: bool = False  # ask RunPod for a fresh worker after every job
     port: int = 80
     port_health: int = 80
+    # Live sessions (the HTTP mode's WebSocket): an unfinished sentence is spoken up to a clause break once it
+    # holds this many characters; audio a slow client has not read yet, at most; a session silent this long ends.
+    live_clause_chars: int = 100
+    live_buffer_s: float = 20.0
+    live_idle_s: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -194,6 +199,9 @@ class Settings:
             refresh_worker=_bool(env, "QWEN_TTS_REFRESH_WORKER", False),
             port=port,
             port_health=_int(env, "PORT_HEALTH", port, minimum=1),
+            live_clause_chars=_int(env, "QWEN_TTS_LIVE_CLAUSE_CHARS", 100, minimum=20),
+            live_buffer_s=_float(env, "QWEN_TTS_LIVE_BUFFER_SECONDS", 20.0),
+            live_idle_s=_float(env, "QWEN_TTS_LIVE_IDLE_SECONDS", 60.0),
         )
 
 

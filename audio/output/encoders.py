@@ -438,6 +438,10 @@ class StreamEncoder:
         self._proc.stdin.flush()
         return self._take()
 
+    def drain(self) -> bytes:
+        """What an ffmpeg encoder has output since the last call, without new input (b"" for the others)."""
+        return self._take() if self._proc is not None else b""
+
     def finish(self) -> bytes:
         head, self._head = self._head, b""
         if self._proc is None:

@@ -26,7 +26,7 @@ from audio.errors import Cancelled, InputError, TTSError
 from audio.model_loader import find_model_path
 from audio.openai_compat import OPENAI_MODEL_NAMES, speech_request
 from audio.output import encoders
-from audio.serving import streaming
+from audio.serving import live, streaming
 from audio.serving.service import cancellable, error, failure, make_handler
 from audio.serving.service import preload as preload_worker
 
@@ -266,6 +266,12 @@ def create_app(worker: Any, *, preload: bool = True) -> Any:
             if not isinstance(response, StreamingResponse):  # a stream leaves when its body ends (_guarded)
                 admission.leave()
 
+    def admit_live() -> Any | None:
+        if (refused := unavailable(True)) is not None:
+            return refused
+        return None if admission.try_enter() else busy(True)
+
+    live.add_route(app, worker, admit=admit_live, leave=admission.leave)
     return app
 
 
@@ -336,7 +342,9 @@ def serve(worker: Any) -> int:
 
     settings = worker.settings
     app = create_app(worker)
-    servers = [uvicorn.Server(uvicorn.Config(app, host="0.0.0.0", port=settings.port, log_level="warning"))]
+    # websockets' sans-I/O protocol: a send to a client that doesn't read waits (live sessions count what waits).
+    config = uvicorn.Config(app, host="0.0.0.0", port=settings.port, log_level="warning", ws="websockets-sansio")
+    servers = [uvicorn.Server(config)]
     if settings.port_health != settings.port:
         from fastapi import FastAPI
 

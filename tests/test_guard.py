@@ -25,6 +25,7 @@ from audio.guard import (
 )
 from audio.serving.service import make_handler
 from audio.speech import ChunkRequest, Voice, derive_seed
+from tests.test_http_server import served  # noqa: F401 - the HTTP mode's fixture
 
 FRAME_RATE_HZ = 12.5  # the 12 Hz codec: 24 kHz / 1920
 LIMITS = GuardLimits()
@@ -342,3 +343,27 @@ def test_a_streamed_first_chunk_that_loops_fails_the_job_at_detection(make_worke
     streamed = sum(len(base64.b64decode(i["audio_base64"])) // 2 for i in items)
     frames = streamed / model.frame_samples
     assert frames <= 36  # what was out before the loop was caught, and nothing generated after it
+
+
+def test_the_http_mode_reports_a_retried_stall(served, model_cache, monkeypatch):  # noqa: F811 - the fixture
+    import requests
+
+    model = fast_model(model_cache)
+    monkeypatch.setattr(model, "loop", InjectingLoop(model.loop, {derive_seed(5, 1, 0): STALL}))
+    server = served({"QWEN_TTS_CHUNK_TARGET_CHARS": "30", "QWEN_TTS_CHUNK_MAX_CHARS": "40"})
+    job = {"text": TEXT, "model": "0.6B-CustomVoice", "seed": 5, "params": {"max_new_tokens": 31}}
+    reply = requests.post(f"{server.url}/run", json={"input": job}, timeout=120)
+    quality = reply.json()["metadata"]["quality"]
+    assert (reply.status_code, quality["retried_chunks"]) == (200, 1)
+    assert quality["chunks"][1]["failures"] == ["stalled: one frame repeated for 1.5 s (at 1.9 s)"]
+
+
+def test_a_streams_last_item_carries_the_quality_report(make_worker):
+    from audio.serving import streaming
+
+    worker = make_worker({"QWEN_TTS_CHUNK_TARGET_CHARS": "30", "QWEN_TTS_CHUNK_MAX_CHARS": "40"})
+    job = {"text": TEXT, "model": "0.6B-CustomVoice", "seed": 5, "stream": True, "params": {"max_new_tokens": 9}}
+    items = list(streaming.queue_items(worker, worker.plan_synthesis(job, stream_default_format="pcm"), "s"))
+    quality = items[-1]["metadata"]["quality"]
+    assert [(c["chunk"], c["attempts"], c["duration_s"]) for c in quality["chunks"]] == [(i, 1, 0.64) for i in range(3)]
+    assert all("metadata" not in item for item in items[:-1])

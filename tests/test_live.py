@@ -318,10 +318,10 @@ def test_cancel_mid_sentence_stops_generation_and_drops_the_queue(serve, model_c
         ws.send(msg("input.text", text="New words."))
         ws.send(msg("input.done"))
         got.until(ws)
-    # Generation stopped at the piece after the cancel: two pieces of a 39-frame sentence; the queued sentence
-    # never ran; the next text's sentence ran whole.
+    # Generation stopped at the frame after the cancel: a live sentence streams one frame a piece, so two frames of
+    # a 39-frame sentence were made; the queued sentence never ran; the next text's sentence ran whole.
     assert gate.closed_early.is_set() and gate.generated == 0
-    assert len(gate.streams) == 2 and len(gate.streams[0]) == 2 and sum(gate.streams[0]) < 39
+    assert len(gate.streams) == 2 and gate.streams[0] == [1, 1]
     assert sum(gate.streams[1]) == 39
     assert ack == {"type": "input.cancelled", "sentences_dropped": 1, "chars_dropped": 36}
     done = got.of("audio.done")

@@ -13,7 +13,7 @@ sentence is one synthesis plan run by `streaming.AudioStream` (the generator wit
 pieces), on the shared models through the model gate like every other request. Sessions count against the HTTP
 mode's admission limit but hold no run slot: a live sentence and a long job meet at the gate, batch by batch, so
 neither waits for the other to end. Audio waits in an `Outbox` bounded in seconds (past the bound a slow reader's
-session ends); `input.cancel` and a closed socket stop the generation at its next piece and drop what was queued.
+session ends); `input.cancel` and a closed socket stop the generation at its next frame and drop what was queued.
 What ends a session becomes its error event in one place (`error_event`). `ElevenLabsSocket` carries ElevenLabs'
 `stream-input` messages over the same session.
 """
@@ -361,7 +361,7 @@ class LiveSession:
                     return
                 tasks -= done
         except ClientGone:
-            log.info("live session %s: the client went away; its generation stops at the next piece", self.id)
+            log.info("live session %s: the client went away; its generation stops at the next frame", self.id)
         except Exception as exc:
             for task in tasks:
                 task.cancel()
@@ -486,7 +486,7 @@ class LiveSession:
             self.sentences.put_nowait(sentence)
 
     def _cancel(self) -> None:
-        """Interruption: the sentence being spoken stops at its next piece, the queued ones and the text not yet
+        """Interruption: the sentence being spoken stops at its next frame, the queued ones and the text not yet
         cut are dropped, audio not yet sent is dropped; the speaker acknowledges after the interrupted sentence."""
         self.epoch += 1
         chars = self.buffer.drop()
@@ -568,7 +568,10 @@ class LiveSession:
         parts: Iterator[tuple[bytes, int, int]] | None = None
         try:
             plan = await asyncio.to_thread(self.worker.plan_synthesis, job)
-            parts = self._encoded(streaming.AudioStream(self.worker, plan, cancel=cancel), lead, trail)
+            # Pieces of one frame: each is a point where a cancel stops the generation (the stateful decoder's cost
+            # follows the frames, not the pieces).
+            stream = streaming.AudioStream(self.worker, plan, cancel=cancel, piece_frames=1)
+            parts = self._encoded(stream, lead, trail)
             while (part := await asyncio.to_thread(next, parts, None)) is not None:
                 data, speech_samples, pause_samples = part
                 if sentence.epoch != self.epoch:

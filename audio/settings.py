@@ -110,6 +110,10 @@ class Settings:
     auto_download: bool = False  # fetch a missing model from the Hugging Face hub into HF_HOME on first use
     preload: tuple[str, ...] = (DEFAULT_MODEL,)
     max_chars: int = 50_000
+    # The longest track a job may plan (speech at the languages' prior rates plus its pauses, over its speed):
+    # a bit over what QWEN_TTS_MAX_CHARS of CJK text take (50,000 × 3 units × 0.078 s ≈ 3 h 15 min; English
+    # prose is ~55 min), so a text within the character limit always fits and only pauses or speed reach it.
+    max_output_s: float = 12_000.0
     max_batch: int = 8
     max_retries: int = 2
     chunk_target_chars: int = 150
@@ -175,6 +179,7 @@ class Settings:
             auto_download=_bool(env, "QWEN_TTS_AUTO_DOWNLOAD", False),
             preload=preload,
             max_chars=_int(env, "QWEN_TTS_MAX_CHARS", 50_000, minimum=1),
+            max_output_s=_float(env, "QWEN_TTS_MAX_OUTPUT_SECONDS", 12_000.0),
             max_batch=_int(env, "QWEN_TTS_MAX_BATCH", 8, minimum=1),
             max_retries=_int(env, "QWEN_TTS_MAX_RETRIES", 2),
             chunk_target_chars=target,

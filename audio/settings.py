@@ -142,6 +142,9 @@ class Settings:
     streaming: bool = False  # queue: the handler is a generator (stream items; /runsync returns a list)
     concurrency: int = 1  # jobs one worker takes at once
     max_queue: int = 16  # http: requests waiting beyond the running ones before 429
+    # http: the largest request body, refused 413 before it is read: a job at QWEN_TTS_MAX_CHARS with a reference
+    # clip at its 25 MB limit, base64 (33.4 MB), fits with room for the rest of its fields.
+    max_request_bytes: int = 40_000_000
     refresh_worker: bool = False  # ask RunPod for a fresh worker after every job
     port: int = 80
     port_health: int = 80
@@ -201,6 +204,7 @@ class Settings:
             streaming=_bool(env, "QWEN_TTS_STREAMING", False),
             concurrency=_int(env, "QWEN_TTS_CONCURRENCY", 1, minimum=1),
             max_queue=_int(env, "QWEN_TTS_MAX_QUEUE", 16),
+            max_request_bytes=_int(env, "QWEN_TTS_MAX_REQUEST_BYTES", 40_000_000, minimum=1),
             refresh_worker=_bool(env, "QWEN_TTS_REFRESH_WORKER", False),
             port=port,
             port_health=_int(env, "PORT_HEALTH", port, minimum=1),

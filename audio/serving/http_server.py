@@ -146,9 +146,17 @@ def create_app(worker: Any, *, preload: bool = True) -> Any:
         return JSONResponse({"status": health.state, **({"reason": health.reason} if health.reason else {})})
 
     async def body_of(request: Request, *, openai: bool) -> tuple[dict | None, Any]:
+        raw = await _read_body(request, settings.max_request_bytes)
+        if raw is None:
+            message = (
+                f"the request body is larger than this worker takes ({settings.max_request_bytes} bytes, "
+                "QWEN_TTS_MAX_REQUEST_BYTES); send a reference clip by URL or as a saved voice"
+            )
+            return None, fail("invalid_input", message, openai=openai, status=413)
         try:
-            body = json.loads(await request.body() or b"null")
-        except ValueError:
+            # On a thread: a body near the limit takes a while to parse, and /ping must answer meanwhile.
+            body = await asyncio.to_thread(json.loads, raw or b"null")
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
             return None, fail("invalid_input", "the request body is not valid JSON", openai=openai)
         if not isinstance(body, dict):
             return None, fail("invalid_input", "the request body must be a JSON object", openai=openai)
@@ -273,6 +281,21 @@ def create_app(worker: Any, *, preload: bool = True) -> Any:
 
     live.add_route(app, worker, admit=admit_live, leave=admission.leave)
     return app
+
+
+async def _read_body(request: Any, limit_bytes: int) -> bytes | None:
+    """The request's body, or None once it is known to be longer than `limit_bytes`: from its Content-Length
+    before any of it is read, else as it arrives (a chunked body), so a refused body is never held whole."""
+    declared = request.headers.get("content-length", "").strip()
+    if declared.isdigit() and int(declared) > limit_bytes:
+        return None
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit_bytes:
+            return None
+        parts.append(part)
+    return b"".join(parts)
 
 
 def _media_type(fmt: str, wav_header: bool) -> str:

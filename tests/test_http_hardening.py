@@ -5,15 +5,23 @@ JSON before the first byte, and `/run` cancelled when its client disconnects."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import logging
 import socket
+import threading
+import time
 
+import numpy as np
 import pytest
 import requests
+import soundfile as sf
 
+from audio.errors import ModelError
 from audio.settings import Settings
-from audio.voices.reference import MAX_REFERENCE_BYTES
-from tests.test_http_server import served  # noqa: F401  (the fixture)
+from audio.voices.reference import MAX_REFERENCE_BYTES, MIN_REFERENCE_S
+from tests.test_http_server import ENV, TWELVE, free_port, served  # noqa: F401  (served: the fixture)
 
 SMALL_LIMIT = 1000
 
@@ -103,3 +111,140 @@ def test_a_malformed_body_is_400_in_the_error_shape(served, path, data):  # noqa
     assert error["code"] == "invalid_input" and error["message"]
     if path == "/v1/audio/speech":
         assert set(error) == {"message", "type", "param", "code"}
+
+
+# -- streamed speech: every error before the first byte ---------------------------------------------------------
+
+
+def short_clip_b64() -> str:
+    rate = 16000
+    tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(int(rate * MIN_REFERENCE_S / 2)) / rate)
+    buf = io.BytesIO()
+    sf.write(buf, tone, rate, format="WAV", subtype="PCM_16")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def clone_body(fmt: str, ref_audio: str, **extra) -> dict:
+    return {
+        "model": "tts-1",
+        "input": "Hello there.",
+        "voice": "alloy",
+        "task_type": "Base",
+        "ref_audio": ref_audio,
+        "x_vector_only_mode": True,
+        "response_format": fmt,
+        "max_new_tokens": 5,
+        **extra,
+    }
+
+
+STREAMED = ["pcm", "wav", "mp3", "opus", "aac", "ulaw", "alaw"]
+
+
+def assert_openai_error(reply: requests.Response, status: int, code: str, fragment: str) -> None:
+    assert reply.status_code == status
+    assert reply.headers["content-type"] == "application/json"
+    error = reply.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == code
+    assert fragment in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "extra"),
+    [pytest.param(f, {}, id=f) for f in STREAMED] + [pytest.param("pcm", {"stream_format": "sse"}, id="pcm-sse")],
+)
+def test_a_streamed_clone_with_too_short_a_reference_is_400_json(served, fmt, extra):  # noqa: F811
+    s = served()
+    reply = requests.post(f"{s.url}/v1/audio/speech", json=clone_body(fmt, short_clip_b64(), **extra), timeout=60)
+    assert_openai_error(reply, 400, "invalid_input", "ref_audio is")
+
+
+def test_a_streamed_clone_with_an_unreachable_reference_url_is_400_json(served):  # noqa: F811
+    s = served({"QWEN_TTS_ALLOW_PRIVATE_URLS": "true"})
+    url = f"http://127.0.0.1:{free_port()}/ref.wav"  # nothing listens there
+    reply = requests.post(f"{s.url}/v1/audio/speech", json=clone_body("pcm", url), timeout=60)
+    assert_openai_error(reply, 400, "invalid_input", "could not be reached")
+
+
+def test_a_stream_whose_model_cannot_load_is_503_json(served, make_worker):  # noqa: F811
+    def missing(name):
+        raise ModelError(f"{name} is not on this test's volume")
+
+    s = served(worker=make_worker(ENV, get_model=missing))
+    reply = requests.post(
+        f"{s.url}/v1/audio/speech", json={"input": "Hello.", "voice": "alloy", "response_format": "pcm"}, timeout=60
+    )
+    assert_openai_error(reply, 503, "model_unavailable", "not on this test's volume")
+    # The slot the failed stream held is free again: the next request is served.
+    ok = requests.post(f"{s.url}/run", json={"input": {"action": "languages"}}, timeout=60)
+    assert ok.status_code == 200
+
+
+# -- cancellation: a client that disconnects stops its job ------------------------------------------------------
+
+
+class HeldFirstBatch:
+    """Delegates to the real models, counts finished `generate` calls (batches) and holds the first one until
+    `release` is set."""
+
+    def __init__(self, get_model):
+        self._get_model = get_model
+        self.batches = 0
+        self.first_done = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, name):
+        outer, model = self, self._get_model(name)
+
+        class Held:
+            def __getattr__(self, attr):
+                return getattr(model, attr)
+
+            def generate(self, requests, **kwargs):
+                out = model.generate(requests, **kwargs)
+                outer.batches += 1
+                if outer.batches == 1:
+                    outer.first_done.set()
+                    outer.release.wait(60)
+                return out
+
+        return Held()
+
+
+def wait_for_log(caplog, fragment: str) -> logging.LogRecord:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for record in list(caplog.records):
+            if fragment in record.getMessage():
+                return record
+        time.sleep(0.02)
+    raise AssertionError(f"no log record with {fragment!r}")
+
+
+CANCELLED_REQUESTS = [
+    pytest.param(
+        "/run", {"input": {"text": TWELVE, "params": {"max_new_tokens": 5}, "output_format": "flac"}}, id="run"
+    ),
+    pytest.param(
+        "/v1/audio/speech",
+        {"input": TWELVE, "voice": "alloy", "response_format": "flac", "max_new_tokens": 5},
+        id="speech-whole-file",
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), CANCELLED_REQUESTS)
+def test_a_client_that_disconnects_stops_its_generation(served, make_worker, model_cache, caplog, path, body):  # noqa: F811
+    caplog.set_level(logging.INFO)
+    held = HeldFirstBatch(model_cache.get)
+    s = served(worker=make_worker({**ENV, "QWEN_TTS_MAX_BATCH": "1"}, get_model=held))  # 12 chunks, 12 batches
+    data = json.dumps(body).encode()
+    with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+        sock.sendall(head(path, "Content-Type: application/json", f"Content-Length: {len(data)}") + data)
+        assert held.first_done.wait(60)
+    # The server sees the disconnect while the first batch is held; then the job stops after that batch.
+    wait_for_log(caplog, "client gone")
+    held.release.set()
+    stopped = wait_for_log(caplog, "generation stopped after")
+    assert stopped.args[1:] == (1, 12)  # done, total chunks
+    assert held.batches == 1

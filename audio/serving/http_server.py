@@ -2,10 +2,12 @@
 
 Owns the routes, their status codes and error shapes, the health states (`/ping`: 204 while the preload runs,
 200 when ready, 200 after a failed preload too, whose requests then get 503 with the reason), admission (at most
-QWEN_TTS_CONCURRENCY requests run, QWEN_TTS_MAX_QUEUE more wait, past that 429 with Retry-After) and streamed
-bodies. Every request runs the worker's own code (`Worker.handle`, `Worker.plan_synthesis`, `streaming`) on a
-thread, through the same service as the queue's jobs (audio/serving/service.py): no second pipeline. A client
-that disconnects cancels its generation at the next piece or batch.
+QWEN_TTS_CONCURRENCY requests run, QWEN_TTS_MAX_QUEUE more wait, past that 429 with Retry-After), request
+bodies (at most QWEN_TTS_MAX_REQUEST_BYTES, refused before they are read) and streamed bodies (sent only once
+their first audio is made, so every error before it has a status). Every request runs the worker's own code
+(`Worker.handle`, `Worker.plan_synthesis`, `streaming`) on a thread, through the same service as the queue's jobs
+(audio/serving/service.py): no second pipeline. A client that disconnects cancels its generation at the next
+piece or batch.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations (Request) at runtime.
@@ -43,6 +45,7 @@ STATUS_FOR_CODE = {
 OPENAI_ERROR_TYPE = {400: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_exceeded"}
 RETRY_AFTER_S = 1
 SSE_TYPE = "text/event-stream"
+CLIENT_GONE_STATUS = 499  # the answer to a client that disconnected, which nobody reads (nginx's "client closed")
 
 
 class Health:
@@ -125,6 +128,9 @@ def create_app(worker: Any, *, preload: bool = True) -> Any:
         status = status or STATUS_FOR_CODE.get(code, 500)
         return JSONResponse(_error_body(code, message, openai=openai, status=status), status, headers=headers)
 
+    def gone() -> Any:
+        return Response(status_code=CLIENT_GONE_STATUS)
+
     def unavailable(openai: bool) -> Any | None:
         if health.state == "ready":
             return None
@@ -189,14 +195,14 @@ def create_app(worker: Any, *, preload: bool = True) -> Any:
         job_input = body.get("input", body) if isinstance(body.get("input"), dict) else body
 
         async def call() -> Any:
-            cancel = threading.Event()
-            handle = make_handler(worker, progress=cancellable(None, cancel))
-            async with admission.slot():
+            async with _cancel_on_disconnect(request) as cancel, admission.slot():
+                handle = make_handler(worker, progress=cancellable(None, cancel))
                 try:
+                    if cancel.is_set():  # gone while it waited for a slot
+                        raise Cancelled
                     result = await asyncio.to_thread(handle, {"id": f"http-{time.time_ns()}", "input": job_input})
-                except asyncio.CancelledError:
-                    cancel.set()
-                    raise
+                except Cancelled:
+                    return gone()
             if "error" in result:
                 return JSONResponse(result, STATUS_FOR_CODE.get(result["error"]["code"], 500))
             return JSONResponse(result)
@@ -237,23 +243,52 @@ def create_app(worker: Any, *, preload: bool = True) -> Any:
                 streaming.check_streamable(plan)
             except TTSError as exc:
                 return fail(exc.code, exc.message, openai=True)
-            media = SSE_TYPE if speech_req.stream_format == "sse" else _media_type(fmt, plan.wav_header)
-            body_iter = _stream_body(worker, plan, sse=speech_req.stream_format == "sse")
-            return StreamingResponse(_guarded(body_iter, admission), media_type=media)
+            return await streamed_response(plan, sse=speech_req.stream_format == "sse")
+
+        async def streamed_response(plan: Any, *, sse: bool) -> Any:
+            """The stream started and its first event taken before anything is sent: the plan's checks, the
+            reference's fetch and decoding and the model's loading are all behind it, so their errors are
+            answered with a status and a JSON body, not a 200 that breaks off."""
+            slot = admission.slot()
+            held = False
+            cancel = threading.Event()
+            try:
+                async with _cancel_on_disconnect(request, cancel):
+                    await slot.__aenter__()
+                    held = True
+                    if cancel.is_set():  # gone while it waited for a slot
+                        raise Cancelled
+                    parts = _encoded(worker, plan, cancel)
+                    first = await asyncio.to_thread(next, parts, None)
+                if first is None and cancel.is_set():
+                    raise Cancelled
+            except BaseException as exc:
+                cancel.set()
+                if held:
+                    await slot.__aexit__(None, None, None)
+                if isinstance(exc, Cancelled):
+                    return gone()
+                if not isinstance(exc, Exception):
+                    raise
+                err = failure(worker, exc, "http")["error"]
+                return fail(err["code"], err["message"], openai=True)
+            media = SSE_TYPE if sse else _media_type(plan.output_format, plan.wav_header)
+            body_iter = _stream_body(parts, first, cancel, plan, sse=sse)
+            return StreamingResponse(_guarded(body_iter, slot, admission), media_type=media)
 
         async def whole(job: dict, speed: float) -> Any:
-            cancel = threading.Event()
+            async with _cancel_on_disconnect(request) as cancel, admission.slot():
 
-            def synthesize() -> dict:
-                plan = dataclasses.replace(worker.plan_synthesis(job), speed=speed)
-                return worker.synthesize(plan, f"http-{time.time_ns()}", cancellable(None, cancel))
+                def synthesize() -> dict:
+                    if cancel.is_set():  # gone while it waited for a slot
+                        raise Cancelled
+                    plan = dataclasses.replace(worker.plan_synthesis(job), speed=speed)
+                    return worker.synthesize(plan, f"http-{time.time_ns()}", cancellable(None, cancel))
 
-            async with admission.slot():
                 try:
                     result = await asyncio.to_thread(synthesize)
-                except asyncio.CancelledError:
-                    cancel.set()
-                    raise
+                except Cancelled:
+                    return gone()
                 except Exception as exc:
                     err = failure(worker, exc, "http")["error"]
                     return fail(err["code"], err["message"], openai=True)
@@ -302,30 +337,58 @@ def _media_type(fmt: str, wav_header: bool) -> str:
     return encoders.WAV_CONTENT_TYPE if wav_header else encoders.CONTENT_TYPES[fmt]
 
 
-async def _guarded(body: AsyncIterator[bytes], admission: Admission) -> AsyncIterator[bytes]:
+@contextlib.asynccontextmanager
+async def _cancel_on_disconnect(request: Any, cancel: threading.Event | None = None) -> AsyncIterator[threading.Event]:
+    """An event set when the client disconnects, while the block runs (its body already read): a job given it
+    through `cancellable` stops at its next batch. Starlette never cancels a handler whose client went away."""
+    cancel = cancel or threading.Event()
+
+    async def watch() -> None:
+        # With the body read, the next ASGI message is the disconnect.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        log.info("client gone: its generation stops at the next piece or batch")
+        cancel.set()
+
+    watcher = asyncio.create_task(watch())
     try:
-        async with admission.slot():
-            async for part in body:
-                yield part
+        yield cancel
+    except asyncio.CancelledError:  # the server is shutting down
+        cancel.set()
+        raise
     finally:
+        watcher.cancel()
+
+
+async def _guarded(body: AsyncIterator[bytes], slot: Any, admission: Admission) -> AsyncIterator[bytes]:
+    """The stream's body; its admission slot (already held) and place are given back when it ends."""
+    try:
+        async for part in body:
+            yield part
+    finally:
+        await slot.__aexit__(None, None, None)
         admission.leave()
 
 
-async def _stream_body(worker: Any, plan: Any, *, sse: bool) -> AsyncIterator[bytes]:
-    """The streamed body: encoded audio as it is made, or OpenAI's speech events (`speech.audio.delta` with base64
-    audio, then `speech.audio.done`). Cancelled (client gone): the generation stops at its next piece."""
-    cancel = threading.Event()
-    parts = _encoded(worker, plan, cancel)
+async def _stream_body(
+    parts: Iterator[bytes], first: bytes | None, cancel: threading.Event, plan: Any, *, sse: bool
+) -> AsyncIterator[bytes]:
+    """The streamed body from its first part on: encoded audio as it is made, or OpenAI's speech events
+    (`speech.audio.delta` with base64 audio, then `speech.audio.done`). Cancelled (client gone): the generation
+    stops at its next piece."""
     complete = False
+    part = first
     try:
-        while (part := await asyncio.to_thread(next, parts, None)) is not None:
+        while part is not None:
             if not part:
+                part = await asyncio.to_thread(next, parts, None)
                 continue
             if sse:
                 event = {"type": "speech.audio.delta", "audio": base64.b64encode(part).decode()}
                 yield f"data: {json.dumps(event)}\n\n".encode()
             else:
                 yield part
+            part = await asyncio.to_thread(next, parts, None)
         if sse:
             chars = sum(len(s.text) for s in plan.segments)
             usage = {"input_tokens": chars, "output_tokens": 0, "total_tokens": chars}

@@ -31,7 +31,7 @@ from audio.openai_compat import is_openai_job, to_job_input
 from audio.output import encoders, joiner, postprocess
 from audio.output.delivery import Deliverer
 from audio.quality import QualityLimits
-from audio.schema import INFO_ACTIONS, VOICE_ACTIONS, JobPlan, SegmentPlan, parse_job, plan_job
+from audio.schema import INFO_ACTIONS, MIN_SAMPLE_RATE, VOICE_ACTIONS, JobPlan, SegmentPlan, parse_job, plan_job
 from audio.settings import Settings
 from audio.speech import SpeechModel
 from audio.text import captions
@@ -232,6 +232,7 @@ class Worker:
 
     def synthesize(self, plan: JobPlan, job_id: str, on_progress: ProgressFn | None = None) -> dict[str, Any]:
         self.check_synthesis(plan)
+        self._check_inline_floor(plan)
         started = time.perf_counter()
         synthesis = self.generator.run(plan, on_progress=on_progress)
         timeline = None
@@ -311,6 +312,17 @@ class Worker:
                 f"{pause_total_s(plan):.0f} s of pauses, at speed {plan.speed:g}); this worker makes at most "
                 f"{limit_s:.0f} s per job (QWEN_TTS_MAX_OUTPUT_SECONDS). Shorten the pauses or split the job."
             )
+
+    def _check_inline_floor(self, plan: JobPlan) -> None:
+        """A joined track's pauses are a floor on its length, so on an uncompressed format's size at the lowest
+        rate it can have: an inline result they alone make too large fails now, not after it is generated and
+        held in memory (a few segments with long pauses can ask for minutes of silence)."""
+        per_sample = encoders.PCM_BYTES_PER_SAMPLE.get(plan.output_format)
+        if per_sample is None or not plan.join:
+            return
+        rate = plan.sample_rate or MIN_SAMPLE_RATE
+        floor_bytes = int(pause_total_s(plan) / plan.speed * rate) * per_sample
+        self.deliverer.check_inline_floor(floor_bytes, plan.delivery)
 
     def _check_clone_models(self, plan: JobPlan) -> None:
         """voice_consistency "clone" needs the Base model a designed voice is cloned on: checked before any

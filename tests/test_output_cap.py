@@ -100,3 +100,30 @@ def test_the_default_cap_takes_any_text_within_the_character_limit(make_worker, 
     text = (char * 99 + ". ") * (worker.settings.max_chars // 101)
     worker.check_synthesis(worker.plan_synthesis({"text": text, "language": "zh" if char == "中" else "en"}))
     assert worker.settings.max_output_s <= 4 * 3600
+
+
+@pytest.mark.parametrize("fmt", ["wav", "pcm", "ulaw"])
+def test_the_issue_job_is_payload_too_large_before_generation_without_s3(make_worker, fmt):
+    # The issue's job (201 characters of text, 2000 s of pauses): under the cap, but no inline result can carry
+    # its pauses, whatever the speech.
+    models = NoModels()
+    job_input = {**pauses(200), "output_format": fmt}
+    assert len(json.dumps(job_input)) < 3100
+    result = run(make_async_handler(make_worker(get_model=models)), job_input)
+    error = json.loads(result["error"])
+    assert error["code"] == "payload_too_large" and models.asked == []
+
+
+@pytest.mark.parametrize(
+    ("pause_ms", "refused"), [(9800, False), (9900, True)], ids=["pauses-fit-inline", "pauses-alone-too-large"]
+)
+def test_the_inline_floor_is_the_pauses_at_the_output_rate(make_worker, pause_ms, refused):
+    # 2 pauses at 8 kHz ulaw: 1 byte a sample, base64 4/3 of it; the limit sits between the two.
+    worker = make_worker({"QWEN_TTS_MAX_INLINE_BYTES": str(4 * 2 * 9850 * 8 // 3)}, get_model=NoModels())
+    plan = worker.plan_synthesis({**pauses(2, pause_ms), "output_format": "ulaw"})
+    if refused:
+        with pytest.raises(Exception, match="inline limit") as info:
+            worker._check_inline_floor(plan)
+        assert info.value.code == "payload_too_large"
+    else:
+        worker._check_inline_floor(plan)

@@ -248,3 +248,32 @@ def test_a_client_that_disconnects_stops_its_generation(served, make_worker, mod
     stopped = wait_for_log(caplog, "generation stopped after")
     assert stopped.args[1:] == (1, 12)  # done, total chunks
     assert held.batches == 1
+
+
+def test_a_streamed_client_that_disconnects_stops_its_generation_and_frees_its_place(
+    served,  # noqa: F811
+    make_worker,
+    model_cache,
+    caplog,
+):
+    caplog.set_level(logging.INFO)
+    held = HeldFirstBatch(model_cache.get)
+    env = {**ENV, "QWEN_TTS_MAX_BATCH": "1", "QWEN_TTS_MAX_QUEUE": "0"}  # one request at a time, none waiting
+    s = served(worker=make_worker(env, get_model=held))
+    data = json.dumps({"input": TWELVE, "voice": "alloy", "response_format": "pcm", "max_new_tokens": 5}).encode()
+    with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+        sock.sendall(head("/v1/audio/speech", "Content-Type: application/json", f"Content-Length: {len(data)}") + data)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")  # the first chunk streamed alone, then batches
+        assert held.first_done.wait(60)
+    wait_for_log(caplog, "speech stream ended early")
+    held.release.set()
+    assert wait_for_log(caplog, "stream cancelled: generation stopped after").args == (2,)  # chunks handed over
+    assert held.batches == 1
+    # Its place is given back once its response has ended (on the event loop, so it is waited for, not raced).
+    deadline = time.monotonic() + 30
+    while (
+        status := requests.post(f"{s.url}/run", json={"input": {"action": "languages"}}, timeout=30).status_code
+    ) == 429:
+        assert time.monotonic() < deadline, "the stream's place was never given back"
+        time.sleep(0.05)
+    assert status == 200

@@ -128,6 +128,21 @@ def create_app(worker: Any, *, preload: bool = True) -> Any:
         status = status or STATUS_FOR_CODE.get(code, 500)
         return JSONResponse(_error_body(code, message, openai=openai, status=status), status, headers=headers)
 
+    class HeldStream(StreamingResponse):
+        """A streamed body that holds an admission slot and a generation under way: `release` gives them back
+        however the response ends. Not in the body's own `finally`: a client gone before the first byte makes
+        Starlette drop the body unstarted, and an unstarted generator's `finally` never runs."""
+
+        def __init__(self, body: AsyncIterator[bytes], release: Any, **kwargs: Any):
+            super().__init__(body, **kwargs)
+            self.release = release
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                await self.release()
+
     def gone() -> Any:
         return Response(status_code=CLIENT_GONE_STATUS)
 
@@ -272,9 +287,18 @@ def create_app(worker: Any, *, preload: bool = True) -> Any:
                     raise
                 err = failure(worker, exc, "http")["error"]
                 return fail(err["code"], err["message"], openai=True)
+            released = False
+
+            async def release() -> None:
+                nonlocal released
+                if not released:
+                    released = True
+                    cancel.set()
+                    await slot.__aexit__(None, None, None)
+                    admission.leave()
+
             media = SSE_TYPE if sse else _media_type(plan.output_format, plan.wav_header)
-            body_iter = _stream_body(parts, first, cancel, plan, sse=sse)
-            return StreamingResponse(_guarded(body_iter, slot, admission), media_type=media)
+            return HeldStream(_stream_body(parts, first, cancel, plan, sse=sse), release, media_type=media)
 
         async def whole(job: dict, speed: float) -> Any:
             async with _cancel_on_disconnect(request) as cancel, admission.slot():
@@ -306,7 +330,7 @@ def create_app(worker: Any, *, preload: bool = True) -> Any:
             response = await call()
             return response
         finally:
-            if not isinstance(response, StreamingResponse):  # a stream leaves when its body ends (_guarded)
+            if not isinstance(response, StreamingResponse):  # a stream leaves when it ends (HeldStream)
                 admission.leave()
 
     def admit_live() -> Any | None:
@@ -358,16 +382,6 @@ async def _cancel_on_disconnect(request: Any, cancel: threading.Event | None = N
         raise
     finally:
         watcher.cancel()
-
-
-async def _guarded(body: AsyncIterator[bytes], slot: Any, admission: Admission) -> AsyncIterator[bytes]:
-    """The stream's body; its admission slot (already held) and place are given back when it ends."""
-    try:
-        async for part in body:
-            yield part
-    finally:
-        await slot.__aexit__(None, None, None)
-        admission.leave()
 
 
 async def _stream_body(

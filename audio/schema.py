@@ -34,8 +34,8 @@ from audio.text.spoken import is_speakable
 from audio.voices.store import is_voice_id
 
 INFO_ACTIONS = ("health", "voices", "languages", "models")
-MIN_SAMPLE_RATE = 8000  # the lowest output rate a job may ask for (every model's own is higher)
 VOICE_ACTIONS = ("create_voice", "list_voices", "get_voice", "delete_voice")
+MIN_SAMPLE_RATE = 8000  # the lowest output rate a job may ask for (every model's own is higher)
 
 
 class _Strict(BaseModel):

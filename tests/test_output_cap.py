@@ -1,6 +1,7 @@
 """The planned-length cap (QWEN_TTS_MAX_OUTPUT_SECONDS, issue 23): a job whose track would be longer (speech at
 the prior speaking rates plus its pauses, over its speed) is refused `invalid_input` through the queue's handler
-before any model is asked for anything, so a few hundred bytes of job can't build hours of audio in memory."""
+before any model is asked for anything, so a few hundred bytes of job can't build hours of audio in memory; and a
+job whose pauses alone make an uncompressed inline result too large is `payload_too_large` just as early."""
 
 from __future__ import annotations
 

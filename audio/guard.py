@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from audio.text.spoken import spoken_weight
+
 # Seconds per unit of spoken weight at a narrator's pace, per language. Where each number comes from:
 # - English: audiobook narration is planned at ~9,300 words per hour (ACX's and the audiobook trade's production
 #   rule, ~155 words/min) and English prose has ~5.9 characters per word with its space and punctuation:
@@ -86,6 +88,11 @@ class RateModel:
     def accept(self, voice: Hashable, weight: float, duration_s: float) -> None:
         if weight > 0 and duration_s > 0:
             self.measured.setdefault(voice, []).append(duration_s / weight)
+
+
+def prior_speech_s(text: str, language: str) -> float:
+    """How long `text` takes to say at `language`'s prior rate, before any chunk of it is measured."""
+    return spoken_weight(text) * RateModel().rate_s_per_unit(None, language)
 
 
 def band_failure(duration_s: float, expected_s: float, limits: GuardLimits, *, measured: bool = True) -> str | None:

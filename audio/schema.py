@@ -35,6 +35,7 @@ from audio.voices.store import is_voice_id
 
 INFO_ACTIONS = ("health", "voices", "languages", "models")
 VOICE_ACTIONS = ("create_voice", "list_voices", "get_voice", "delete_voice")
+MIN_SAMPLE_RATE = 8000  # the lowest output rate a job may ask for (every model's own is higher)
 
 
 class _Strict(BaseModel):
@@ -85,7 +86,7 @@ class SynthesisJob(VoiceFields):
     text: str | None = None
     segments: list[SegmentIn] | None = None
     output_format: str | None = None
-    sample_rate: int | None = Field(default=None, ge=8000, le=48_000)
+    sample_rate: int | None = Field(default=None, ge=MIN_SAMPLE_RATE, le=48_000)
     loudness_lufs: float | None = Field(default=None, ge=-70, le=-5)
     delivery: str | None = None
     stream: bool | None = None

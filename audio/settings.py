@@ -110,6 +110,10 @@ class Settings:
     auto_download: bool = False  # fetch a missing model from the Hugging Face hub into HF_HOME on first use
     preload: tuple[str, ...] = (DEFAULT_MODEL,)
     max_chars: int = 50_000
+    # The longest track a job may plan (speech at the languages' prior rates plus its pauses, over its speed):
+    # a bit over what QWEN_TTS_MAX_CHARS of CJK text take (50,000 × 3 units × 0.078 s ≈ 3 h 15 min; English
+    # prose is ~55 min), so a text within the character limit always fits and only pauses or speed reach it.
+    max_output_s: float = 12_000.0
     max_batch: int = 8
     max_retries: int = 2
     chunk_target_chars: int = 150
@@ -138,6 +142,9 @@ class Settings:
     streaming: bool = False  # queue: the handler is a generator (stream items; /runsync returns a list)
     concurrency: int = 1  # jobs one worker takes at once
     max_queue: int = 16  # http: requests waiting beyond the running ones before 429
+    # http: the largest request body, refused 413 before it is read: a job at QWEN_TTS_MAX_CHARS with a reference
+    # clip at its 25 MB limit, base64 (33.4 MB), fits with room for the rest of its fields.
+    max_request_bytes: int = 40_000_000
     refresh_worker: bool = False  # ask RunPod for a fresh worker after every job
     port: int = 80
     port_health: int = 80
@@ -175,6 +182,7 @@ class Settings:
             auto_download=_bool(env, "QWEN_TTS_AUTO_DOWNLOAD", False),
             preload=preload,
             max_chars=_int(env, "QWEN_TTS_MAX_CHARS", 50_000, minimum=1),
+            max_output_s=_float(env, "QWEN_TTS_MAX_OUTPUT_SECONDS", 12_000.0),
             max_batch=_int(env, "QWEN_TTS_MAX_BATCH", 8, minimum=1),
             max_retries=_int(env, "QWEN_TTS_MAX_RETRIES", 2),
             chunk_target_chars=target,
@@ -196,6 +204,7 @@ class Settings:
             streaming=_bool(env, "QWEN_TTS_STREAMING", False),
             concurrency=_int(env, "QWEN_TTS_CONCURRENCY", 1, minimum=1),
             max_queue=_int(env, "QWEN_TTS_MAX_QUEUE", 16),
+            max_request_bytes=_int(env, "QWEN_TTS_MAX_REQUEST_BYTES", 40_000_000, minimum=1),
             refresh_worker=_bool(env, "QWEN_TTS_REFRESH_WORKER", False),
             port=port,
             port_health=_int(env, "PORT_HEALTH", port, minimum=1),

@@ -23,6 +23,7 @@ import soundfile as sf
 from audio import catalog, info, render, results
 from audio.errors import InputError, ModelError, WorkerUnusable
 from audio.generator import Generator, GeneratorConfig, Synthesis
+from audio.guard import prior_speech_s
 from audio.lifecycle import unusable_reason
 from audio.model_gate import gated
 from audio.model_loader import ModelCache, download_hint, find_model_path
@@ -30,7 +31,7 @@ from audio.openai_compat import is_openai_job, to_job_input
 from audio.output import encoders, joiner, postprocess
 from audio.output.delivery import Deliverer
 from audio.quality import QualityLimits
-from audio.schema import INFO_ACTIONS, VOICE_ACTIONS, JobPlan, SegmentPlan, parse_job, plan_job
+from audio.schema import INFO_ACTIONS, MIN_SAMPLE_RATE, VOICE_ACTIONS, JobPlan, SegmentPlan, parse_job, plan_job
 from audio.settings import Settings
 from audio.speech import SpeechModel
 from audio.text import captions
@@ -74,6 +75,19 @@ def _warmup_reference() -> str:
     buf = io.BytesIO()
     sf.write(buf, tone, rate, format="WAV", subtype="PCM_16")
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def pause_total_s(plan: JobPlan) -> float:
+    """The silences between a joined job's segments (the first segment's pause_ms is never played)."""
+    return sum(s.pause_ms for s in plan.segments[1:]) / 1000.0 if plan.join else 0.0
+
+
+def planned_output_s(plan: JobPlan) -> float:
+    """The track a plan asks for, before any generation: its text at the languages' prior speaking rates
+    (audio/guard.py) plus its pauses, stretched by its speed. `join: false` items count together: they are all
+    held at once."""
+    speech_s = sum(prior_speech_s(s.text, s.language) for s in plan.segments)
+    return (speech_s + pause_total_s(plan)) / plan.speed
 
 
 class Worker:
@@ -210,6 +224,7 @@ class Worker:
 
     def check_synthesis(self, plan: JobPlan) -> None:
         """Fail before generating what can't be encoded, stretched or delivered: that would waste the GPU work."""
+        self._check_planned_length(plan)
         encoders.check_encodable(plan.output_format, plan.sample_rate)
         postprocess.check_time_stretch(plan.speed)
         self.deliverer.check_mode(plan.delivery)
@@ -217,6 +232,7 @@ class Worker:
 
     def synthesize(self, plan: JobPlan, job_id: str, on_progress: ProgressFn | None = None) -> dict[str, Any]:
         self.check_synthesis(plan)
+        self._check_inline_floor(plan)
         started = time.perf_counter()
         synthesis = self.generator.run(plan, on_progress=on_progress)
         timeline = None
@@ -282,6 +298,31 @@ class Worker:
             item["metadata"] = results.item_metadata(i, plan, synthesis, len(samples) / rate, len(audio), timeline)
             items.append(item)
         return {"items": items}, rendered[0][1]
+
+    def _check_planned_length(self, plan: JobPlan) -> None:
+        """Refuse a job whose track would be longer than QWEN_TTS_MAX_OUTPUT_SECONDS: the track and its copies
+        (joining, resampling, encoding) are held in memory whole, so this cap is what bounds a job's memory.
+        A few characters can ask for hours (many segments with long pauses, or speed 0.25)."""
+        planned_s = planned_output_s(plan)
+        limit_s = self.settings.max_output_s
+        if planned_s > limit_s:
+            speech_s = sum(prior_speech_s(s.text, s.language) for s in plan.segments)
+            raise InputError(
+                f"this job would make about {planned_s:.0f} s of audio ({speech_s:.0f} s of speech, "
+                f"{pause_total_s(plan):.0f} s of pauses, at speed {plan.speed:g}); this worker makes at most "
+                f"{limit_s:.0f} s per job (QWEN_TTS_MAX_OUTPUT_SECONDS). Shorten the pauses or split the job."
+            )
+
+    def _check_inline_floor(self, plan: JobPlan) -> None:
+        """A joined track's pauses are a floor on its length, so on an uncompressed format's size at the lowest
+        rate it can have: an inline result they alone make too large fails now, not after it is generated and
+        held in memory (a few segments with long pauses can ask for minutes of silence)."""
+        per_sample = encoders.PCM_BYTES_PER_SAMPLE.get(plan.output_format)
+        if per_sample is None or not plan.join:
+            return
+        rate = plan.sample_rate or MIN_SAMPLE_RATE
+        floor_bytes = int(pause_total_s(plan) / plan.speed * rate) * per_sample
+        self.deliverer.check_inline_floor(floor_bytes, plan.delivery)
 
     def _check_clone_models(self, plan: JobPlan) -> None:
         """voice_consistency "clone" needs the Base model a designed voice is cloned on: checked before any

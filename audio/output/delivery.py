@@ -210,6 +210,13 @@ class Deliverer:
                 'S3_ACCESS_KEY and S3_SECRET_KEY); or use delivery "base64"'
             )
 
+    def check_inline_floor(self, size_bytes: int, mode: str) -> None:
+        """Raise the PayloadTooLargeError `deliver` would, before any audio is made, for a result known to be at
+        least `size_bytes` that would go inline."""
+        if self._s3 is not None and mode in ("s3", "auto"):
+            return
+        self._check_inline(_base64_size(size_bytes))
+
     def deliver(self, audio: bytes, *, fmt: str, content_type: str, job_id: str, mode: str) -> dict:
         """`{"audio_base64": ...}` or `{"audio_url": presigned GET URL}` for `mode` base64, s3 or auto."""
         self.check_mode(mode)

@@ -26,6 +26,8 @@ from audio.output.postprocess import resample
 
 FORMATS = ("wav", "mp3", "flac", "opus", "aac", "pcm", "ulaw", "alaw")
 G711_FORMATS = ("ulaw", "alaw")
+# Uncompressed formats: their size follows from their length (headers aside).
+PCM_BYTES_PER_SAMPLE = {"wav": 2, "pcm": 2, "ulaw": 1, "alaw": 1}
 G711_SAMPLE_RATE = 8000  # G.711 is defined at 8 kHz; other rates are refused, not silently resampled
 STREAM_FORMATS = ("pcm", "wav", "mp3", "opus", "aac", "ulaw", "alaw")  # what StreamEncoder can cut (not flac)
 

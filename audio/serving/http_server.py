@@ -2,10 +2,12 @@
 
 Owns the routes, their status codes and error shapes, the health states (`/ping`: 204 while the preload runs,
 200 when ready, 200 after a failed preload too, whose requests then get 503 with the reason), admission (at most
-QWEN_TTS_CONCURRENCY requests run, QWEN_TTS_MAX_QUEUE more wait, past that 429 with Retry-After) and streamed
-bodies. Every request runs the worker's own code (`Worker.handle`, `Worker.plan_synthesis`, `streaming`) on a
-thread, through the same service as the queue's jobs (audio/serving/service.py): no second pipeline. A client
-that disconnects cancels its generation at the next piece or batch.
+QWEN_TTS_CONCURRENCY requests run, QWEN_TTS_MAX_QUEUE more wait, past that 429 with Retry-After), request
+bodies (at most QWEN_TTS_MAX_REQUEST_BYTES, refused before they are read) and streamed bodies (sent only once
+their first audio is made, so every error before it has a status). Every request runs the worker's own code
+(`Worker.handle`, `Worker.plan_synthesis`, `streaming`) on a thread, through the same service as the queue's jobs
+(audio/serving/service.py): no second pipeline. A client that disconnects cancels its generation at the next
+piece or batch.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations (Request) at runtime.
@@ -43,6 +45,7 @@ STATUS_FOR_CODE = {
 OPENAI_ERROR_TYPE = {400: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_exceeded"}
 RETRY_AFTER_S = 1
 SSE_TYPE = "text/event-stream"
+CLIENT_GONE_STATUS = 499  # the answer to a client that disconnected, which nobody reads (nginx's "client closed")
 
 
 class Health:
@@ -125,6 +128,24 @@ def create_app(worker: Any, *, preload: bool = True) -> Any:
         status = status or STATUS_FOR_CODE.get(code, 500)
         return JSONResponse(_error_body(code, message, openai=openai, status=status), status, headers=headers)
 
+    class HeldStream(StreamingResponse):
+        """A streamed body that holds an admission slot and a generation under way: `release` gives them back
+        however the response ends. Not in the body's own `finally`: a client gone before the first byte makes
+        Starlette drop the body unstarted, and an unstarted generator's `finally` never runs."""
+
+        def __init__(self, body: AsyncIterator[bytes], release: Any, **kwargs: Any):
+            super().__init__(body, **kwargs)
+            self.release = release
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                await self.release()
+
+    def gone() -> Any:
+        return Response(status_code=CLIENT_GONE_STATUS)
+
     def unavailable(openai: bool) -> Any | None:
         if health.state == "ready":
             return None
@@ -146,9 +167,17 @@ def create_app(worker: Any, *, preload: bool = True) -> Any:
         return JSONResponse({"status": health.state, **({"reason": health.reason} if health.reason else {})})
 
     async def body_of(request: Request, *, openai: bool) -> tuple[dict | None, Any]:
+        raw = await _read_body(request, settings.max_request_bytes)
+        if raw is None:
+            message = (
+                f"the request body is larger than this worker takes ({settings.max_request_bytes} bytes, "
+                "QWEN_TTS_MAX_REQUEST_BYTES); send a reference clip by URL or as a saved voice"
+            )
+            return None, fail("invalid_input", message, openai=openai, status=413)
         try:
-            body = json.loads(await request.body() or b"null")
-        except ValueError:
+            # On a thread: a body near the limit takes a while to parse, and /ping must answer meanwhile.
+            body = await asyncio.to_thread(json.loads, raw or b"null")
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
             return None, fail("invalid_input", "the request body is not valid JSON", openai=openai)
         if not isinstance(body, dict):
             return None, fail("invalid_input", "the request body must be a JSON object", openai=openai)
@@ -181,14 +210,14 @@ def create_app(worker: Any, *, preload: bool = True) -> Any:
         job_input = body.get("input", body) if isinstance(body.get("input"), dict) else body
 
         async def call() -> Any:
-            cancel = threading.Event()
-            handle = make_handler(worker, progress=cancellable(None, cancel))
-            async with admission.slot():
+            async with _cancel_on_disconnect(request) as cancel, admission.slot():
+                handle = make_handler(worker, progress=cancellable(None, cancel))
                 try:
+                    if cancel.is_set():  # gone while it waited for a slot
+                        raise Cancelled
                     result = await asyncio.to_thread(handle, {"id": f"http-{time.time_ns()}", "input": job_input})
-                except asyncio.CancelledError:
-                    cancel.set()
-                    raise
+                except Cancelled:
+                    return gone()
             if "error" in result:
                 return JSONResponse(result, STATUS_FOR_CODE.get(result["error"]["code"], 500))
             return JSONResponse(result)
@@ -229,23 +258,61 @@ def create_app(worker: Any, *, preload: bool = True) -> Any:
                 streaming.check_streamable(plan)
             except TTSError as exc:
                 return fail(exc.code, exc.message, openai=True)
-            media = SSE_TYPE if speech_req.stream_format == "sse" else _media_type(fmt, plan.wav_header)
-            body_iter = _stream_body(worker, plan, sse=speech_req.stream_format == "sse")
-            return StreamingResponse(_guarded(body_iter, admission), media_type=media)
+            return await streamed_response(plan, sse=speech_req.stream_format == "sse")
+
+        async def streamed_response(plan: Any, *, sse: bool) -> Any:
+            """The stream started and its first event taken before anything is sent: the plan's checks, the
+            reference's fetch and decoding and the model's loading are all behind it, so their errors are
+            answered with a status and a JSON body, not a 200 that breaks off."""
+            slot = admission.slot()
+            held = False
+            cancel = threading.Event()
+            try:
+                async with _cancel_on_disconnect(request, cancel):
+                    await slot.__aenter__()
+                    held = True
+                    if cancel.is_set():  # gone while it waited for a slot
+                        raise Cancelled
+                    parts = _encoded(worker, plan, cancel)
+                    first = await asyncio.to_thread(next, parts, None)
+                if first is None and cancel.is_set():
+                    raise Cancelled
+            except BaseException as exc:
+                cancel.set()
+                if held:
+                    await slot.__aexit__(None, None, None)
+                if isinstance(exc, Cancelled):
+                    return gone()
+                if not isinstance(exc, Exception):
+                    raise
+                err = failure(worker, exc, "http")["error"]
+                return fail(err["code"], err["message"], openai=True)
+            released = False
+
+            async def release() -> None:
+                nonlocal released
+                if not released:
+                    released = True
+                    cancel.set()
+                    await slot.__aexit__(None, None, None)
+                    admission.leave()
+
+            media = SSE_TYPE if sse else _media_type(plan.output_format, plan.wav_header)
+            return HeldStream(_stream_body(parts, first, cancel, plan, sse=sse), release, media_type=media)
 
         async def whole(job: dict, speed: float) -> Any:
-            cancel = threading.Event()
+            async with _cancel_on_disconnect(request) as cancel, admission.slot():
 
-            def synthesize() -> dict:
-                plan = dataclasses.replace(worker.plan_synthesis(job), speed=speed)
-                return worker.synthesize(plan, f"http-{time.time_ns()}", cancellable(None, cancel))
+                def synthesize() -> dict:
+                    if cancel.is_set():  # gone while it waited for a slot
+                        raise Cancelled
+                    plan = dataclasses.replace(worker.plan_synthesis(job), speed=speed)
+                    return worker.synthesize(plan, f"http-{time.time_ns()}", cancellable(None, cancel))
 
-            async with admission.slot():
                 try:
                     result = await asyncio.to_thread(synthesize)
-                except asyncio.CancelledError:
-                    cancel.set()
-                    raise
+                except Cancelled:
+                    return gone()
                 except Exception as exc:
                     err = failure(worker, exc, "http")["error"]
                     return fail(err["code"], err["message"], openai=True)
@@ -263,7 +330,7 @@ def create_app(worker: Any, *, preload: bool = True) -> Any:
             response = await call()
             return response
         finally:
-            if not isinstance(response, StreamingResponse):  # a stream leaves when its body ends (_guarded)
+            if not isinstance(response, StreamingResponse):  # a stream leaves when it ends (HeldStream)
                 admission.leave()
 
     def admit_live() -> Any | None:
@@ -275,34 +342,67 @@ def create_app(worker: Any, *, preload: bool = True) -> Any:
     return app
 
 
+async def _read_body(request: Any, limit_bytes: int) -> bytes | None:
+    """The request's body, or None once it is known to be longer than `limit_bytes`: from its Content-Length
+    before any of it is read, else as it arrives (a chunked body), so a refused body is never held whole."""
+    declared = request.headers.get("content-length", "").strip()
+    if declared.isdigit() and int(declared) > limit_bytes:
+        return None
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit_bytes:
+            return None
+        parts.append(part)
+    return b"".join(parts)
+
+
 def _media_type(fmt: str, wav_header: bool) -> str:
     return encoders.WAV_CONTENT_TYPE if wav_header else encoders.CONTENT_TYPES[fmt]
 
 
-async def _guarded(body: AsyncIterator[bytes], admission: Admission) -> AsyncIterator[bytes]:
+@contextlib.asynccontextmanager
+async def _cancel_on_disconnect(request: Any, cancel: threading.Event | None = None) -> AsyncIterator[threading.Event]:
+    """An event set when the client disconnects, while the block runs (its body already read): a job given it
+    through `cancellable` stops at its next batch. Starlette never cancels a handler whose client went away."""
+    cancel = cancel or threading.Event()
+
+    async def watch() -> None:
+        # With the body read, the next ASGI message is the disconnect.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        log.info("client gone: its generation stops at the next piece or batch")
+        cancel.set()
+
+    watcher = asyncio.create_task(watch())
     try:
-        async with admission.slot():
-            async for part in body:
-                yield part
+        yield cancel
+    except asyncio.CancelledError:  # the server is shutting down
+        cancel.set()
+        raise
     finally:
-        admission.leave()
+        watcher.cancel()
 
 
-async def _stream_body(worker: Any, plan: Any, *, sse: bool) -> AsyncIterator[bytes]:
-    """The streamed body: encoded audio as it is made, or OpenAI's speech events (`speech.audio.delta` with base64
-    audio, then `speech.audio.done`). Cancelled (client gone): the generation stops at its next piece."""
-    cancel = threading.Event()
-    parts = _encoded(worker, plan, cancel)
+async def _stream_body(
+    parts: Iterator[bytes], first: bytes | None, cancel: threading.Event, plan: Any, *, sse: bool
+) -> AsyncIterator[bytes]:
+    """The streamed body from its first part on: encoded audio as it is made, or OpenAI's speech events
+    (`speech.audio.delta` with base64 audio, then `speech.audio.done`). Cancelled (client gone): the generation
+    stops at its next piece."""
     complete = False
+    part = first
     try:
-        while (part := await asyncio.to_thread(next, parts, None)) is not None:
+        while part is not None:
             if not part:
+                part = await asyncio.to_thread(next, parts, None)
                 continue
             if sse:
                 event = {"type": "speech.audio.delta", "audio": base64.b64encode(part).decode()}
                 yield f"data: {json.dumps(event)}\n\n".encode()
             else:
                 yield part
+            part = await asyncio.to_thread(next, parts, None)
         if sse:
             chars = sum(len(s.text) for s in plan.segments)
             usage = {"input_tokens": chars, "output_tokens": 0, "total_tokens": chars}

@@ -12,16 +12,20 @@
 #      reference, fast eager and fast with graphs; ms per frame at batch 1/8/32/64, first audio, real-time
 #      factor, aggregate audio seconds per second at concurrency 1/8/16/64;
 #   6. OUT_DIR/gpu_check.json and OUT_DIR/gpu_check.md (also printed); each step's exit status and seconds.
+# --real-shape-tests: also the real-shape tests at full depth and width (all four real-shape variants, fp32, graphs;
+# several minutes more).
 # --cpu-smoke: the same steps on CPU in float32 with the tiny checkpoints only, no tests, two frame counts and small
 # batches: CI runs it so the script can't rot. Exit 1 if a step failed. Budget on an H100: under 8 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=""
 smoke=0
+real_tests=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --cpu-smoke) smoke=1; shift ;;
-    -*) echo "usage: $0 OUT_DIR [--cpu-smoke]" >&2; exit 2 ;;
+    --real-shape-tests) real_tests=1; shift ;;
+    -*) echo "usage: $0 OUT_DIR [--cpu-smoke | --real-shape-tests]" >&2; exit 2 ;;
     *) out="$1"; shift ;;
   esac
 done
@@ -85,6 +89,12 @@ else
   step "engine tests, CUDA bf16: graphs == eager" env QWEN_TTS_TEST_DEVICE=cuda QWEN_TTS_TEST_DTYPE=bfloat16 \
     QWEN_TTS_TEST_CUDA_GRAPHS=auto "$py" -m pytest -q -p no:cacheprovider tests/test_engine.py \
     -k "cuda_graphs_replay or memory"
+  if [[ $real_tests -eq 1 ]]; then
+    step "real-shape tests, full depth, CUDA fp32 (TF32 off), CUDA graphs" env QWEN_TTS_TEST_REAL_LAYERS=full \
+      QWEN_TTS_TEST_REAL_VOCODER_DIM=1536 QWEN_TTS_TEST_DEVICE=cuda QWEN_TTS_TEST_DTYPE=float32 \
+      QWEN_TTS_TEST_CUDA_GRAPHS=auto "$py" -m pytest -q -p no:cacheprovider tests/test_engine_real_shapes.py \
+      tests/test_first_audio.py
+  fi
 fi
 step "attention backends" "$py" scripts/gpu_check.py attention --model-dir "$real" --device $device --dtype $dtype \
   --out "$out/attention.json"

@@ -33,7 +33,7 @@ from audio.engine.host_reads import HostRead, HostReader
 from audio.engine.sampling import RowSampling, Warp, apply_repetition_penalty, draw_uniforms, warp_and_sample
 
 READ_EVERY_FRAMES = 4  # the host reads the rows' EOS frames (and first codes) after frame 0, then every 4 frames
-MAX_READS_IN_FLIGHT = 2  # beyond this the host waits for the oldest read: at most ~8 frames past an EOS
+MAX_READS_IN_FLIGHT = 2  # beyond this the host waits for the oldest read: at most 12 frames past an EOS
 NEVER = 1 << 62  # a row's EOS frame before it has one
 
 

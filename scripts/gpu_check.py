@@ -6,13 +6,16 @@
     python scripts/gpu_check.py report OUT_DIR      # OUT_DIR/gpu_check.json and OUT_DIR/gpu_check.md
 
 `attention` runs a fixed greedy generation of the fast loop (eager) under `torch.nn.attention.sdpa_kernel` restricted
-to each backend in turn (math, flash, memory-efficient, cuDNN) and says which ran and whether its codes equal the
-unrestricted run's. `bench` measures, per model and engine (reference, fast eager, fast with CUDA graphs), on
-checkpoints whose EOS is dead (every chunk is exactly its frame budget): ms per frame of a whole `generate` call at
-each batch size, the first audio of one streamed request, the real-time factor at batch 1 (compute seconds per
-second of audio) and the aggregate audio seconds per second at each concurrency: that many requests of one fixed
-text submitted together (vLLM-Omni's method), which the fast engine runs as one batch of calls
-(`generate_many`, as the worker's model gate does) and the reference engine as one `generate` of that many chunks.
+to each backend in turn (math, flash, memory-efficient, cuDNN, and flash + memory-efficient: the fused kernels only)
+and says which ran and whether its codes equal the unrestricted run's. The talker's prefill and steps are masked
+(left padding), so flash alone can't run the loop; flash + memory-efficient must.
+
+`bench` measures, per model and engine (reference, fast eager, fast with CUDA graphs), on checkpoints whose EOS is
+dead (every chunk is exactly its frame budget): ms per frame of a whole `generate` call at each batch size, the first
+audio of one streamed request, the real-time factor at batch 1 (compute seconds per second of audio) and the
+aggregate audio seconds per second at each concurrency: that many requests of one fixed text submitted together
+(vLLM-Omni's method), which the fast engine runs as one batch of calls (`generate_many`, as the worker's model gate
+does) and the reference engine as one `generate` of that many chunks.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 TEXT = "The quick brown fox jumps over the lazy dog, then runs back home across the quiet field."
-BACKENDS = ("math", "flash", "efficient", "cudnn")
+BACKENDS = ("math", "flash", "efficient", "cudnn", "flash+efficient")
 GRAPH_PROMPT_SLOTS = 256  # the benchmark's prompts are far shorter; the static cache is this + the longest chunk
 
 
@@ -81,10 +84,11 @@ def attention(model_dir: Path, models: list[str], device: str, dtype: str) -> di
     from audio.engine.graphs import _codes
 
     kernels = {
-        "math": SDPBackend.MATH,
-        "flash": SDPBackend.FLASH_ATTENTION,
-        "efficient": SDPBackend.EFFICIENT_ATTENTION,
-        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": [SDPBackend.MATH],
+        "flash": [SDPBackend.FLASH_ATTENTION],
+        "efficient": [SDPBackend.EFFICIENT_ATTENTION],
+        "cudnn": [SDPBackend.CUDNN_ATTENTION],
+        "flash+efficient": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
     }
     out: dict[str, Any] = {}
     for name in models:
@@ -94,7 +98,7 @@ def attention(model_dir: Path, models: list[str], device: str, dtype: str) -> di
         rows = {}
         for backend in BACKENDS:
             try:
-                with sdpa_kernel([kernels[backend]]):
+                with sdpa_kernel(kernels[backend]):
                     got = _codes(loop, loop.steps, 4, sampled=False)
                 rows[backend] = {"ran": True, "codes_equal": got == want}
             except RuntimeError as exc:
@@ -253,8 +257,13 @@ def _markdown(result: dict[str, Any]) -> list[str]:
         for model, rows in attention_part["models"].items():
             cells = []
             for backend in BACKENDS:
-                r = rows[backend]
-                cells.append(("ran, codes " + ("equal" if r["codes_equal"] else "differ")) if r["ran"] else "refused")
+                r = rows.get(backend)
+                if r is None:
+                    cells.append("-")
+                else:
+                    cells.append(
+                        ("ran, codes " + ("equal" if r["codes_equal"] else "differ")) if r["ran"] else "refused"
+                    )
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
     bench_part = result.get("bench")
     if bench_part:

@@ -40,7 +40,7 @@ def test_the_report_holds_the_steps_and_the_tables(tmp_path):
     md = (tmp_path / "gpu_check.md").read_text().splitlines()
     assert "Not measured on a GPU" not in "\n".join(md)
     assert "| benchmark | 0 | 20 |" in md
-    assert "| 0.6B-CustomVoice | ran, codes equal | refused | ran, codes differ | refused |" in md
+    assert "| 0.6B-CustomVoice | ran, codes equal | refused | ran, codes differ | refused | - |" in md
     assert "| 0.6B-CustomVoice | fast | 40 | 5.0 | 10.0 | 0.012 s | 0.062 | 16.00 |" in md
     assert "| 0.6B-CustomVoice | fast-graphs | no CUDA graphs here |" in md
 

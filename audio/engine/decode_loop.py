@@ -58,6 +58,21 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torc
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
 
 
+def attend_one(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    """Attention of one query position per row: `q` [B, H, 1, D] over `keys`/`values` [B, KV, S, D], H a multiple
+    of KV (grouped-query), `mask` None or [B, 1, 1, S]. The H / KV query heads that share a KV head are folded
+    into that head's query positions ([B, KV, H / KV, D]), so heads are equal and no `enable_gqa` is needed: fused
+    kernels take it (flash without a mask, memory-efficient with one), where `enable_gqa` with a mask leaves only
+    the math kernel, which copies K and V once per query group, every step. Returns [B, H, 1, D]."""
+    batch, heads, _, head_dim = q.shape
+    kv_heads = keys.shape[1]
+    folded = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)
+    out = F.scaled_dot_product_attention(folded, keys, values, attn_mask=mask, scale=scale)
+    return out.reshape(batch, heads, 1, head_dim)
+
+
 def _fuse(params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
     """One tensor of `params` stacked on dim 0; the modules' parameters become views of it (same values, so
     the reference path is unchanged), so the weights are held once."""
@@ -120,15 +135,16 @@ class Layer:
             k_cache.index_copy_(2, slot, k)
             v_cache.index_copy_(2, slot, v.transpose(1, 2))
             keys, values = k_cache, v_cache
-        out = F.scaled_dot_product_attention(
-            q,
-            keys,
-            values,
-            attn_mask=mask,
-            is_causal=mask is None and length > 1,
-            scale=self.scaling,
-            enable_gqa=self.gqa,
-        )
+        if length == 1:
+            out = attend_one(q, keys, values, mask, self.scaling)
+        elif mask is None:  # the code predictor's causal prefill: flash takes grouped queries without a mask
+            out = F.scaled_dot_product_attention(
+                q, keys, values, is_causal=True, scale=self.scaling, enable_gqa=self.gqa
+            )
+        else:  # the talker's prefill (left padding): K/V repeated per query group once, so heads are equal
+            groups = self.heads // self.kv_heads
+            keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
         x = x + F.linear(out.transpose(1, 2).reshape(batch, length, -1), self.o, self.o_bias)
         gate, up = F.linear(rms_norm(x, self.ln2, self.eps), self.gate_up).chunk(2, dim=-1)
         return x + F.linear(self.act(gate) * up, self.down)

@@ -40,7 +40,7 @@ class LaggingReader(HostReader):
     lag = 3
 
     def read(self, tensor: torch.Tensor) -> HostRead:
-        return HostRead(tensor.clone(), StubEvent(self.lag))
+        return HostRead(tensor.cpu().clone(), StubEvent(self.lag))
 
 
 class CountingSteps(EagerSteps):
@@ -63,11 +63,14 @@ def loop(live_eos_model_dir):
 def _run(loop, *, reader=HostReader, every=1, sampled=False, stop_at=None, batch=6, budget=40):
     """Codes per row of a fixed generation; the code-predictor batch sizes; `stop_at` {row: frames}: a guard that
     stops the row once it has seen that many of its frames."""
-    embedding = loop.talker.model.codec_embedding
+    embedding, device = loop.talker.model.codec_embedding, loop.device
     prompts = [
-        RowPrompt(embedding(torch.arange(5 + i, 12 + 2 * i)), embedding(torch.arange(20, 24))) for i in range(batch)
+        RowPrompt(
+            embedding(torch.arange(5 + i, 12 + 2 * i, device=device)), embedding(torch.arange(20, 24, device=device))
+        )
+        for i in range(batch)
     ]
-    pad = embedding(torch.tensor([0])).reshape(1, 1, -1)
+    pad = embedding(torch.tensor([0], device=device)).reshape(1, 1, -1)
     sampling = RowSampling() if sampled else RowSampling(do_sample=False, sub_do_sample=False)
     steps = CountingSteps(loop)
     previous = (loop.steps, loop.reader_factory, loop.read_every_frames)
@@ -82,7 +85,7 @@ def _run(loop, *, reader=HostReader, every=1, sampled=False, stop_at=None, batch
                     step = frames.send(stop)
                 except StopIteration:
                     break
-                assert np.array_equal(step.first_codes_host, step.codes[:, 0].numpy())
+                assert np.array_equal(step.first_codes_host, step.codes[:, 0].cpu().numpy())
                 for row, codes in zip(step.rows, step.codes.tolist(), strict=True):
                     rows[row].append(codes)
                 stop = {r for r in step.rows if stop_at and len(rows[r]) == stop_at.get(r)} or None

@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 dest=.whl
 # What importing the worker, its engine tests and the benchmark needs beyond the image's packages, at the versions
 # the project's .venv holds (requirements.txt's pins and what they resolved to). transformers 4.57.3 refuses
-# huggingface-hub >= 1 and tokenizers > 0.23.0, which the image has newer, so those travel too.
+# huggingface-hub >= 1 and tokenizers > 0.23.0, which the image has newer, so those travel too, and accelerate at the
+# version the worker is tested with (transformers imports it when present).
 wheels=(
-  qwen-tts==0.1.1 transformers==4.57.3 tokenizers==0.22.2 huggingface_hub==0.36.2
+  qwen-tts==0.1.1 transformers==4.57.3 tokenizers==0.22.2 huggingface_hub==0.36.2 accelerate==1.12.0
   librosa==0.11.0 soundfile==0.14.0 soxr==1.1.0 audioread==3.1.0 decorator==5.3.2 pooch==1.9.0
   platformdirs==4.14.9 cffi==2.1.1 pycparser==3.12 pyloudnorm==0.2.0 pydub==0.25.1
   pydantic==2.14.3 pydantic-core==2.50.4 typing-inspection==0.4.5 annotated-types==0.8.0

@@ -360,7 +360,13 @@ def build_speech_tokenizer(dest: Path, seed: int, real: bool = False, vocoder_di
 
 
 def build_variant(
-    variant: ModelVariant, dest: Path, speech_tokenizer: Path, seed: int, live_eos: bool, shapes: Shapes = TINY
+    variant: ModelVariant,
+    dest: Path,
+    speech_tokenizer: Path,
+    seed: int,
+    live_eos: bool,
+    shapes: Shapes = TINY,
+    device: str = "cpu",
 ) -> None:
     import torch
     from qwen_tts.core.models import Qwen3TTSConfig, Qwen3TTSForConditionalGeneration, Qwen3TTSProcessor
@@ -369,9 +375,11 @@ def build_variant(
     special_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     torch.manual_seed(seed)
     config_dict = _variant_config(variant, special_ids, shapes)
-    model = Qwen3TTSForConditionalGeneration(Qwen3TTSConfig(**config_dict)).eval()
-    _shape_talker_head(model, live_eos, shapes.head_spread)
-    model.save_pretrained(dest)
+    # On a GPU the random init of a full-size model takes seconds instead of minutes (other numbers, same shapes).
+    with torch.device(device):
+        model = Qwen3TTSForConditionalGeneration(Qwen3TTSConfig(**config_dict)).eval()
+        _shape_talker_head(model, live_eos, shapes.head_spread)
+    model.to("cpu").save_pretrained(dest)
     # save_pretrained serialises sub-configs with keys (model_type, ...) their classes don't accept back;
     # the published checkpoints carry the plain dict, so write that.
     (dest / "config.json").write_text(json.dumps(config_dict, indent=2))
@@ -389,13 +397,16 @@ def build(
     real: bool = False,
     layers: int | None = None,
     vocoder_dim: int = REAL_VOCODER_DIM,
+    device: str = "cpu",
 ) -> Path:
-    """Build the variants into `model_dir` (tiny, or `real` shapes with `layers` of depth); a build with the same
-    stamp already there is reused."""
+    """Build the variants into `model_dir` (tiny, or `real` shapes with `layers` of depth), initialised on `device`;
+    a build with the same stamp already there is reused."""
     model_dir = Path(model_dir)
     stamp = {"version": BUILD_VERSION, "seed": seed, "live_eos": live_eos, "models": sorted(names or MODELS)}
     if real:
         stamp["real_shapes"] = {"layers": layers, "vocoder_dim": vocoder_dim}
+    if device != "cpu":
+        stamp["device"] = device
     stamp_file = model_dir / "tiny-checkpoint.json"
     if stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp:
         return model_dir
@@ -409,7 +420,7 @@ def build(
             shutil.rmtree(dest)
         # Each variant gets its own seed offset so two kinds are not the same network.
         shapes = real_shapes(variant.size, layers) if real else TINY
-        build_variant(variant, dest, speech_tokenizer, seed + list(MODELS).index(name), live_eos, shapes)
+        build_variant(variant, dest, speech_tokenizer, seed + list(MODELS).index(name), live_eos, shapes, device)
     shutil.rmtree(speech_tokenizer)
     stamp_file.write_text(json.dumps(stamp))
     return model_dir
@@ -426,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--vocoder-dim", type=int, default=REAL_VOCODER_DIM, help="with --real-shapes: the decoder's conv width"
     )
+    parser.add_argument("--device", default="cpu", help="where the weights are initialised (cuda: fast, other numbers)")
     args = parser.parse_args(argv)
     if (args.layers is not None or args.vocoder_dim != REAL_VOCODER_DIM) and not args.real_shapes:
         parser.error("--layers and --vocoder-dim go with --real-shapes")
@@ -437,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         real=args.real_shapes,
         layers=args.layers,
         vocoder_dim=args.vocoder_dim,
+        device=args.device,
     )
     print(f"{'real-shape' if args.real_shapes else 'tiny'} checkpoints ready in {out}")
     return 0

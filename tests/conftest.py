@@ -47,7 +47,8 @@ def tiny_model_dir() -> Path:
 
 REAL_SHAPE_MODELS = ["1.7B-CustomVoice", "0.6B-CustomVoice", "0.6B-Base", "1.7B-VoiceDesign"]
 # CPU default: one talker / code-predictor layer and the decoder's conv stack narrowed 16x (its transformer stays the
-# real one). scripts/gpu_check.sh sets QWEN_TTS_TEST_REAL_LAYERS=full and QWEN_TTS_TEST_REAL_VOCODER_DIM=1536.
+# real one). `scripts/gpu_check.sh --real-shape-tests` sets QWEN_TTS_TEST_REAL_LAYERS=full and
+# QWEN_TTS_TEST_REAL_VOCODER_DIM=1536.
 _layers = os.environ.get("QWEN_TTS_TEST_REAL_LAYERS", "1").strip().lower()
 REAL_SHAPE_LAYERS = None if _layers == "full" else int(_layers)
 REAL_SHAPE_VOCODER_DIM = int(os.environ.get("QWEN_TTS_TEST_REAL_VOCODER_DIM", "96"))

@@ -8,21 +8,33 @@ no mask or rotary rebuilding per step: rotary tables are computed once with the 
 embeddings (qwen's 3-D rope with all three position rows equal, which is what its talker feeds), positions
 are each row's own (left padding shifts nothing), masks are views of one validity table.
 
-Rows finish at EOS or at their own frame budget; a finished row is dropped from every batch tensor at once,
-so it stops costing work. Sampling is `audio.engine.sampling`: per-row parameters and per-row uniforms.
-`FrameLoop.run` yields after every step, so frames can be decoded and streamed while the rest is generated.
+Rows finish at EOS or at their own frame budget. The budget is known on the host, so such a row leaves every
+batch tensor at its last frame. EOS is not: each row's EOS frame is recorded on the device, and the host reads
+it (with the frames' first-codebook tokens, for the guard) every `READ_EVERY_FRAMES` frames without stopping the
+device (`audio.engine.host_reads`: pinned memory and an event on CUDA). Until a read lands, a row past its EOS
+keeps generating; its frames past the end are dropped before they are handed out, and the row leaves the batch
+once the host knows. So no frame syncs, and the frames handed out are exactly those of a loop that syncs. Sampling
+is `audio.engine.sampling`: per-row parameters and per-row uniforms. `FrameLoop.run` hands frames out as soon as a
+read covers them, so they can be decoded and streamed while the rest is generated.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from audio.engine.host_reads import HostRead, HostReader
 from audio.engine.sampling import RowSampling, Warp, apply_repetition_penalty, draw_uniforms, warp_and_sample
+
+READ_EVERY_FRAMES = 4  # the host reads the rows' EOS frames (and first codes) after frame 0, then every 4 frames
+MAX_READS_IN_FLIGHT = 2  # beyond this the host waits for the oldest read: at most 12 frames past an EOS
+NEVER = 1 << 62  # a row's EOS frame before it has one
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -44,6 +56,21 @@ def signed_sin(sin: torch.Tensor) -> torch.Tensor:
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
     """qwen's `x * cos + rotate_half(x) * sin`: rotate_half(x) = [-x2, x1] = roll(x, half) * [-1, 1]."""
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
+
+
+def attend_one(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    """Attention of one query position per row: `q` [B, H, 1, D] over `keys`/`values` [B, KV, S, D], H a multiple
+    of KV (grouped-query), `mask` None or [B, 1, 1, S]. The H / KV query heads that share a KV head are folded
+    into that head's query positions ([B, KV, H / KV, D]), so heads are equal and no `enable_gqa` is needed: fused
+    kernels take it (flash without a mask, memory-efficient with one), where `enable_gqa` with a mask leaves only
+    the math kernel, which copies K and V once per query group, every step. Returns [B, H, 1, D]."""
+    batch, heads, _, head_dim = q.shape
+    kv_heads = keys.shape[1]
+    folded = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)
+    out = F.scaled_dot_product_attention(folded, keys, values, attn_mask=mask, scale=scale)
+    return out.reshape(batch, heads, 1, head_dim)
 
 
 def _fuse(params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
@@ -108,15 +135,16 @@ class Layer:
             k_cache.index_copy_(2, slot, k)
             v_cache.index_copy_(2, slot, v.transpose(1, 2))
             keys, values = k_cache, v_cache
-        out = F.scaled_dot_product_attention(
-            q,
-            keys,
-            values,
-            attn_mask=mask,
-            is_causal=mask is None and length > 1,
-            scale=self.scaling,
-            enable_gqa=self.gqa,
-        )
+        if length == 1:
+            out = attend_one(q, keys, values, mask, self.scaling)
+        elif mask is None:  # the code predictor's causal prefill: flash takes grouped queries without a mask
+            out = F.scaled_dot_product_attention(
+                q, keys, values, is_causal=True, scale=self.scaling, enable_gqa=self.gqa
+            )
+        else:  # the talker's prefill (left padding): K/V repeated per query group once, so heads are equal
+            groups = self.heads // self.kv_heads
+            keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
         x = x + F.linear(out.transpose(1, 2).reshape(batch, length, -1), self.o, self.o_bias)
         gate, up = F.linear(rms_norm(x, self.ln2, self.eps), self.gate_up).chunk(2, dim=-1)
         return x + F.linear(self.act(gate) * up, self.down)
@@ -142,6 +170,7 @@ class Step:
     index: int
     rows: list[int]
     codes: torch.Tensor  # [len(rows), num_code_groups] int64
+    first_codes_host: np.ndarray | None = None  # codes[:, 0] on the host, when the loop has read them
 
 
 class CodePredictor:
@@ -216,6 +245,8 @@ class FrameLoop:
         self.suppress_eos[eos_token_id] = True
         self.code_predictor = CodePredictor(talker)
         self.steps: EagerSteps = EagerSteps(self)  # audio.engine.graphs swaps in CUDA-graph replays
+        self.reader_factory: Callable[[torch.device], HostReader] = HostReader  # tests swap in lagging reads
+        self.read_every_frames = READ_EVERY_FRAMES
         self._rope_len = 0
         self._cos = self._sin = torch.empty(0)
 
@@ -266,29 +297,29 @@ class FrameLoop:
         live.hidden, logits = self.head(x[:, -1])
         live.first = self._first_code(logits, 0, live, live.uniforms[:, 0, 0])
 
+        out = _Outbox(self.reader_factory(self.device), len(prompts), self.device, self.read_every_frames)
         for step in range(max_frames):
-            ended = live.first == self.eos
-            if bool(ended.any()):
-                live = live.keep([i for i, e in enumerate(ended.tolist()) if not e])
-                if live is None:
-                    return
+            out.mark_ends(live, step, self.eos)
             residual, frame_embed = self.steps.code_pass(live, step)
-            stop = yield Step(step, live.rows, torch.cat((live.first.unsqueeze(1), residual), dim=1))
-            if stop:  # rows a guard stopped (`send`) leave as if their budget were spent
-                live.budget = [step + 1 if row in stop else b for row, b in zip(live.rows, live.budget, strict=True)]
-            # Rows whose budget is spent need no next token: they leave before the talker step.
-            if min(live.budget) <= step + 1:
-                going_on = [i for i, b in enumerate(live.budget) if b > step + 1]
-                live = live.keep(going_on)
-                if live is None:
-                    return
-                frame_embed = frame_embed[going_on]
+            out.add(Step(step, live.rows, torch.cat((live.first.unsqueeze(1), residual), dim=1)))
+            yield from out.hand_out()
+            # Rows whose budget is spent need no next token, nor do rows the host knows ended or a guard stopped.
+            going_on = [
+                i for i, (row, b) in enumerate(zip(live.rows, live.budget, strict=True)) if out.goes_on(row, b, step)
+            ]
+            if len(going_on) < len(live.rows):
+                if not going_on:
+                    break
+                index = out.reader.upload(going_on)
+                live = live.keep(going_on, index)
+                frame_embed = frame_embed[index]
             slot = prompt_len + step
             x = (frame_embed + live.trailing[:, step]).unsqueeze(1)
             cos = cos_table[live.positions[:, slot]].view(-1, 1, 1, cos_table.shape[-1])
             sin = sin_table[live.positions[:, slot]].view(-1, 1, 1, sin_table.shape[-1])
             live.hidden, logits = self.steps.talker_step(live, x, cos, sin, slot)
             live.first = self._first_code(logits, step + 1, live, live.uniforms[:, step + 1, 0])
+        yield from out.finish()
 
     def _prefill_state(
         self,
@@ -320,6 +351,7 @@ class FrameLoop:
         uniforms = torch.stack([F.pad(u, (0, 0, 0, max_frames + 1 - u.shape[0])) for u in drawn]).to(device)
         rows = _Rows(
             rows=list(range(batch)),
+            row_index=torch.arange(batch, device=device),
             budget=list(budgets),
             valid=slots >= pads,
             positions=(slots - pads).clamp_(min=0),
@@ -342,6 +374,7 @@ class _Rows:
     """The live rows' state, batch-first; `keep` drops finished rows from all of it at once."""
 
     rows: list[int]  # each live row's position in the original batch
+    row_index: torch.Tensor  # the same, on the device
     budget: list[int]  # each live row's frame budget
     valid: torch.Tensor  # [B, total] cache slots a row may attend to
     positions: torch.Tensor  # [B, total] each slot's rope position for the row
@@ -356,14 +389,12 @@ class _Rows:
     hidden: torch.Tensor | None = None  # [B, H] the talker's last (normed) hidden state
     first: torch.Tensor | None = None  # [B] the last sampled first-codebook id
 
-    def keep(self, indices: list[int]) -> _Rows | None:
-        """These rows only (batch positions), or None when none are left."""
-        if not indices:
-            return None
-        index = torch.tensor(indices, device=self.valid.device)
+    def keep(self, indices: list[int], index: torch.Tensor) -> _Rows:
+        """These rows only (batch positions `indices`, and the same on the device: `index`)."""
         pick = lambda t: t[index]  # noqa: E731
         return _Rows(
             rows=[self.rows[i] for i in indices],
+            row_index=pick(self.row_index),
             budget=[self.budget[i] for i in indices],
             valid=pick(self.valid),
             positions=pick(self.positions),
@@ -378,6 +409,99 @@ class _Rows:
             hidden=pick(self.hidden),
             first=pick(self.first),
         )
+
+
+@dataclass
+class _Read:
+    """A read in flight: the EOS frame of every row of the batch, then the first codes of `steps`."""
+
+    host: HostRead
+    steps: list[Step]
+
+
+@dataclass
+class _Outbox:
+    """Frames made but not handed out yet, and what the host knows of the rows' ends. A frame is handed out once a
+    read covers it: by then the host knows whether its row had ended (EOS) before it, and drops it if so."""
+
+    reader: HostReader
+    batch: int
+    device: torch.device
+    read_every_frames: int
+    ends: torch.Tensor = field(init=False)  # [batch] each row's EOS frame on the device (NEVER: none yet)
+    ended: dict[int, int] = field(default_factory=dict)  # the EOS frames the host has read
+    stopped: dict[int, int] = field(default_factory=dict)  # rows a guard stopped -> their frame count
+    unread: list[Step] = field(default_factory=list)  # made since the last read was issued
+    reads: deque[_Read] = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        self.ends = torch.full((self.batch,), NEVER, dtype=torch.long, device=self.device)
+
+    def mark_ends(self, live: _Rows, step: int, eos: int) -> None:
+        """Rows whose last first code is EOS end at frame `step` (the first time only)."""
+        at = torch.where(live.first == eos, step, NEVER)
+        self.ends.scatter_reduce_(0, live.row_index, at, reduce="amin")
+
+    def add(self, step: Step) -> None:
+        self.unread.append(step)
+        if step.index % self.read_every_frames == 0:
+            self._issue()
+
+    def _issue(self) -> None:
+        if not self.unread:
+            return
+        # One copy: the ends, then the first codes of the frames it covers (the guard's tokens).
+        values = torch.cat([self.ends, *(s.codes[:, 0] for s in self.unread)])
+        self.reads.append(_Read(self.reader.read(values), self.unread))
+        self.unread = []
+
+    def hand_out(self, *, wait: bool = False) -> Iterator[Step]:
+        """The frames of every read that has landed (waiting for the oldest while too many are in flight, or for
+        all with `wait`), less those past a row's end. A set of rows sent back stops them after that frame."""
+        while self.reads:
+            read = self.reads[0]
+            if wait or len(self.reads) > MAX_READS_IN_FLIGHT:
+                read.host.wait()
+            elif not read.host.ready():
+                return
+            self.reads.popleft()
+            values = read.host.values.numpy()
+            for row in np.nonzero(values[: self.batch] != NEVER)[0].tolist():
+                self.ended[row] = int(values[row])
+            at = self.batch
+            for step in read.steps:
+                n = len(step.rows)
+                step.first_codes_host = values[at : at + n]
+                at += n
+                step = self._past_ends_dropped(step)
+                if step is None:
+                    continue
+                stop = yield step
+                for row in stop or ():
+                    self.stopped[row] = min(self.stopped.get(row, NEVER), step.index + 1)
+
+    def _past_ends_dropped(self, step: Step) -> Step | None:
+        keep = [
+            i
+            for i, row in enumerate(step.rows)
+            if step.index < self.ended.get(row, NEVER) and step.index < self.stopped.get(row, NEVER)
+        ]
+        if len(keep) == len(step.rows):
+            return step
+        if not keep:
+            return None
+        first_host = step.first_codes_host[keep] if step.first_codes_host is not None else None
+        codes = step.codes[self.reader.upload(keep)]
+        return Step(step.index, [step.rows[i] for i in keep], codes, first_host)
+
+    def goes_on(self, row: int, budget: int, step: int) -> bool:
+        """Whether `row` needs frame `step + 1`."""
+        return min(budget, self.ended.get(row, NEVER), self.stopped.get(row, NEVER)) > step + 1
+
+    def finish(self) -> Iterator[Step]:
+        """Every frame still held, once the reads covering them land."""
+        self._issue()
+        yield from self.hand_out(wait=True)
 
 
 class EagerSteps:

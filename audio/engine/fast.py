@@ -173,8 +173,9 @@ class FastEngine(QwenSpeech):
 
 
 class _Guards:
-    """The calls' frame guards over one batch's rows (numbered across calls). Every `every_frames` frames the new
-    first-codebook tokens come to the host in one copy, and each guard sees its own rows' tokens."""
+    """The calls' frame guards over one batch's rows (numbered across calls). Every `every_frames` frames each guard
+    sees its own rows' new first-codebook tokens: the host copies the loop already made of them (`Step.
+    first_codes_host`, read with the rows' ends; a step without them is copied here)."""
 
     def __init__(self, calls: Sequence[GenerateCall]):
         self.by_row: dict[int, tuple[FrameGuard, int]] = {}
@@ -187,16 +188,15 @@ class _Guards:
         self.pending: list[tuple[list[int], Any]] = []
 
     def step(self, step: Any) -> set[int]:
-        self.pending.append((step.rows, step.codes[:, 0]))
+        first = step.first_codes_host if step.first_codes_host is not None else step.codes[:, 0]
+        self.pending.append((step.rows, first))
         return self.flush() if len(self.pending) >= self.every_frames else set()
 
     def flush(self) -> set[int]:
         """Show the guards the pending frames; the batch rows to stop."""
         if not self.pending:
             return set()
-        import torch
-
-        host = torch.cat([codes for _, codes in self.pending]).cpu().numpy()
+        host = np.concatenate([c if isinstance(c, np.ndarray) else c.cpu().numpy() for _, c in self.pending])
         per_row: dict[int, list[int]] = {}
         at = 0
         for rows, _ in self.pending:

@@ -6,6 +6,7 @@ which voice fields) live in `plan_job`. Every problem becomes an `InputError` a 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal
 
@@ -254,7 +255,7 @@ def _message(item: dict) -> str:
     kind, value = item["type"], item.get("input")
     json_type = {bool: "true/false", str: "a string", float: "a fractional number", list: "a list", dict: "an object"}
     sent = json_type.get(type(value), "null" if value is None else type(value).__name__)
-    if kind == "finite_number":
+    if kind == "finite_number" or (isinstance(value, float) and not math.isfinite(value)):  # an int field too
         return "must be a finite number, not NaN" if value != value else f"must be a finite number, not {value}"
     if kind == "int_type":
         return f"Input should be a valid integer (a JSON number without a fraction), not {sent}"

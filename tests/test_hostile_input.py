@@ -84,9 +84,16 @@ def test_numbers_the_sampler_cannot_take_are_refused(worker, params, fragment):
     assert fragment in refused(worker, {"text": "hi", "seed": 1, "params": {"max_new_tokens": 3, **params}})
 
 
-def test_nan_loudness_has_its_own_message(worker):
-    message = refused(worker, {"text": "hi", **SMALL, "loudness_lufs": float("nan")})
-    assert message == "loudness_lufs: must be a finite number, not NaN"
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        pytest.param("loudness_lufs", float("nan"), "loudness_lufs: must be a finite number, not NaN", id="lufs-nan"),
+        pytest.param("seed", float("nan"), "seed: must be a finite number, not NaN", id="int-field-nan"),
+        pytest.param("sample_rate", float("inf"), "sample_rate: must be a finite number, not inf", id="int-field-inf"),
+    ],
+)
+def test_nan_and_infinity_have_their_own_message(worker, field, value, message):
+    assert refused(worker, {"text": "hi", **SMALL, field: value}) == message
 
 
 @pytest.mark.parametrize("value", [0.01, 2.0], ids=["floor", "ceiling"])

@@ -7,10 +7,12 @@ sharing the volume never see half a voice:
     <voice_dir>/<voice_id>/voice.json                      name, ref_text, x_vector_only, language, source, ...
     <voice_dir>/<voice_id>/reference.wav                   the prepared reference (float32, its own rate)
     <voice_dir>/<voice_id>/prompts/<model>.<icl|xvec>.safetensors + .json
-    <voice_dir>/.names/<sha256 of the folded name>         claim on a name: holds the voice_id
+    <voice_dir>/.names/<sha256 of the NFC, case-folded name>   claim on a name: holds the voice_id
 
-Names are unique (case-insensitive): the claim file is created with O_EXCL, so of two concurrent creates of a
-name one wins and the other is refused. Ids are generated here and checked on every use (no path from input).
+Names are unique (case-insensitive, whatever their Unicode normalization): the claim file is created with
+O_EXCL, so of two concurrent creates of a name one wins and the other is refused. Ids are generated here and
+checked on every use (no path from input). A voice damaged on the volume is listed as damaged (`DamagedVoice`)
+and can always be deleted; its reference is checked before use.
 """
 
 from __future__ import annotations

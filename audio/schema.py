@@ -76,6 +76,10 @@ def _divisor(value: float | None) -> float | None:
 
 Divisor = Annotated[float, AfterValidator(_divisor)]
 
+# instruct and ref_text go into every chunk's prompt, whose attention is quadratic in its length: 100k characters
+# asked for gigabytes. Longer than any voice description or a 20 s clip's transcript needs.
+MAX_PROMPT_TEXT_CHARS = 2000
+
 
 class _Strict(BaseModel):
     # strict: a number is a JSON number and a bool a JSON bool, as the contract documents: no "5" for 5, no
@@ -94,7 +98,7 @@ class Params(_Strict):
     subtalker_top_p: float | None = Field(default=None, gt=0, le=1)
     # The seed handler's examples put these under params; top-level fields win when both are given.
     language: Text | None = None
-    instruct: Text | None = None
+    instruct: Text | None = Field(default=None, max_length=MAX_PROMPT_TEXT_CHARS)
 
     def sampling(self) -> dict[str, Any]:
         """The generation kwargs qwen_tts takes (None = the model's generation_config default)."""
@@ -111,9 +115,9 @@ class VoiceFields(_Strict):
     model: Text | None = None
     voice: Text | None = None
     language: Text | None = None
-    instruct: Text | None = None
+    instruct: Text | None = Field(default=None, max_length=MAX_PROMPT_TEXT_CHARS)
     ref_audio: Text | None = None
-    ref_text: Text | None = None
+    ref_text: Text | None = Field(default=None, max_length=MAX_PROMPT_TEXT_CHARS)
     x_vector_only: bool | None = None
     pause_ms: int | None = Field(default=None, ge=0, le=10_000)
 
@@ -166,11 +170,11 @@ class CreateVoiceJob(_Strict):
     action: Literal["create_voice"]
     name: Text
     ref_audio: Text | None = None
-    ref_text: Text | None = None
+    ref_text: Text | None = Field(default=None, max_length=MAX_PROMPT_TEXT_CHARS)
     x_vector_only: bool = False
     language: Text | None = None
     model: Text | None = None  # a Base model to build the prompt for now (else on first use)
-    instruct: Text | None = None
+    instruct: Text | None = Field(default=None, max_length=MAX_PROMPT_TEXT_CHARS)
     sample_text: Text | None = Field(default=None, max_length=500)
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
     params: Params | None = None  # sampling for the designed sample
@@ -265,6 +269,9 @@ def _message(item: dict) -> str:
         return f"Input should be a valid boolean (true or false), not {sent}"
     if kind == "string_type":
         return f"Input should be a valid string, not {sent}"
+    if kind in ("string_too_long", "too_long") and isinstance(value, str):  # too_long: after Text's validator
+        limit = item["ctx"]["max_length"]
+        return f"is {len(value)} characters; at most {limit} are taken"
     if kind == "model_type":
         return f"Input should be a valid dictionary (a JSON object), not {sent}"
     return item["msg"].removeprefix("Value error, ")

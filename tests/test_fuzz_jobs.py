@@ -343,6 +343,7 @@ def check(result) -> None:
 @example(job_input={"text": "x " * 100_000, "params": {"max_new_tokens": 3}})
 @example(job_input={"openai_input": {"input": "hi", "max_new_tokens": 1, "response_format": "opus"}})
 @example(job_input={"action": "create_voice", "name": "n", "instruct": "calm", "params": {"max_new_tokens": 3}})
+@example(job_input={"text": "hi", "instruct": "word " * 20_000, "params": {"max_new_tokens": 3}})
 @example(job_input=None)
 def test_every_job_ends_in_a_contract_answer(handle, job_input):
     result = handle({"id": "fuzz", "input": job_input})

@@ -183,3 +183,43 @@ def test_documented_types_still_speak(worker):
     assert plain["metadata"]["seed"] == 7 and plain["metadata"]["sample_rate"] == 16000
     shaped = run(worker, {"openai_input": {"input": "hi", "voice": "alloy", "seed": 7, "max_new_tokens": 3}})
     assert shaped["metadata"]["seed"] == 7 and shaped["metadata"]["format"] == "mp3"
+
+
+@pytest.mark.parametrize(
+    ("job_input", "message"),
+    [
+        pytest.param(
+            {"text": "hi", "instruct": "word " * 20_000},
+            "instruct: is 100000 characters; at most 2000 are taken",
+            id="instruct",
+        ),
+        pytest.param(
+            {"segments": [{"text": "hi", "instruct": "x" * 2001}]},
+            "segments.0.instruct: is 2001 characters; at most 2000 are taken",
+            id="segment-instruct",
+        ),
+        pytest.param(
+            {"text": "hi", "params": {"instruct": "x" * 5000}},
+            "params.instruct: is 5000 characters; at most 2000 are taken",
+            id="params-instruct",
+        ),
+        pytest.param(
+            {"model": "0.6B-Base", "text": "hi", "ref_audio": "AAAA", "ref_text": "x" * 2001},
+            "ref_text: is 2001 characters; at most 2000 are taken",
+            id="ref-text",
+        ),
+        pytest.param(
+            {"openai_input": {"input": "hi", "instructions": "calm " * 1000}},
+            "instruct: is 5000 characters; at most 2000 are taken",
+            id="openai-instructions",
+        ),
+    ],
+)
+def test_prompt_text_is_bounded(worker, job_input, message):
+    # instruct and ref_text are in every chunk's prompt: 100k characters asked the attention for gigabytes
+    assert refused(worker, {**SMALL, **job_input} if "openai_input" not in job_input else job_input) == message
+
+
+def test_prompt_text_at_its_bound_speaks(worker):
+    result = run(worker, {"text": "hi", "instruct": "calm " * 400, **SMALL})
+    assert result["metadata"]["duration_seconds"] > 0

@@ -18,6 +18,7 @@ from typing import Any
 
 from audio.catalog import BASE, CUSTOM_VOICE, MODELS, VOICE_DESIGN, find_model
 from audio.errors import InputError
+from audio.schema import shown, text_problem
 from audio.voices.store import is_voice_id
 
 OPENAI_SPEECH_ROUTE = "/v1/audio/speech"
@@ -35,6 +36,17 @@ EXTRA_FIELDS = {
     "task_type": None,  # picks the model kind
     "max_new_tokens": None,  # params.max_new_tokens
 }
+# The JSON type each extra must have (strictly: no "5" for 5, no true for 1).
+_EXTRA_TYPES = {
+    "language": str,
+    "seed": int,
+    "ref_audio": str,
+    "ref_text": str,
+    "x_vector_only_mode": bool,
+    "task_type": str,
+    "max_new_tokens": int,
+}
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false"}
 TASK_TYPES = {"CustomVoice": CUSTOM_VOICE, "VoiceDesign": VOICE_DESIGN, "Base": BASE}
 STREAM_FORMATS = ("audio", "sse")
 
@@ -71,7 +83,7 @@ def to_job_input(job_input: dict, default_model: str) -> tuple[dict, float]:
     unknown = [k for k in job_input if k not in _OUTER_FIELDS]
     if unknown:
         raise InputError(
-            f"unknown field(s) {', '.join(map(str, unknown))}: an OpenAI-shaped job has only openai_route "
+            f"unknown field(s) {', '.join(shown(str(k)) for k in unknown)}: an OpenAI-shaped job has only openai_route "
             "and openai_input (or send a plain job with text, voice, ...)"
         )
     _check_route(job_input.get("openai_route"))
@@ -102,10 +114,16 @@ def speech_request(request: dict, default_model: str, *, where: str = "request")
     unknown = [k for k in request if k not in SPEECH_FIELDS and k not in EXTRA_FIELDS]
     if unknown:
         raise InputError(
-            f"unknown field(s) in {where}: {', '.join(map(str, unknown))}; "
+            f"unknown field(s) in {where}: {', '.join(shown(str(k)) for k in unknown)}; "
             f"{OPENAI_SPEECH_ROUTE} takes {', '.join((*SPEECH_FIELDS, *EXTRA_FIELDS))}"
         )
     given = {k: v for k, v in request.items() if v is not None}
+    for name, kind in _EXTRA_TYPES.items():
+        value = given.get(name)
+        if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            raise InputError(f"{where}.{name} must be {_TYPE_NAMES[kind]}, got {_json_type(value)}")
+        if isinstance(value, str):
+            _string(name, value, where)
     stream_format = given.get("stream_format", "audio")
     if stream_format not in STREAM_FORMATS:
         raise InputError(f"unknown stream_format {stream_format!r}: use one of {', '.join(STREAM_FORMATS)}")
@@ -156,9 +174,17 @@ def _check_route(route: Any) -> None:
     raise InputError(f"openai_route {route!r} is not served here: this worker takes only {OPENAI_SPEECH_ROUTE}")
 
 
-def _string(name: str, value: Any) -> str:
+def _json_type(value: Any) -> str:
+    names = {bool: "true/false", str: "a string", int: "an integer", float: "a number", list: "a list"}
+    return {**names, dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _string(name: str, value: Any, where: str = "openai_input") -> str:
     if not isinstance(value, str):
-        raise InputError(f"openai_input.{name} must be a string, got {type(value).__name__}")
+        raise InputError(f"{where}.{name} must be a string, got {_json_type(value)}")
+    problem = text_problem(value)
+    if problem is not None:
+        raise InputError(f"{where}.{name} {problem}")
     return value
 
 
@@ -195,7 +221,7 @@ def _voice(value: Any) -> str:
         value = value["id"]
     if not isinstance(value, str):
         raise InputError('openai_input.voice must be a voice name (e.g. "alloy", "Ryan") or {"id": name}')
-    return value
+    return _string("voice", value)
 
 
 def _response_format(value: Any) -> str:

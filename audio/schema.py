@@ -6,10 +6,11 @@ which voice fields) live in `plan_job`. Every problem becomes an `InputError` a 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from audio.catalog import (
     BASE,
@@ -38,22 +39,67 @@ VOICE_ACTIONS = ("create_voice", "list_voices", "get_voice", "delete_voice")
 MIN_SAMPLE_RATE = 8000  # the lowest output rate a job may ask for (every model's own is higher)
 
 
+def text_problem(value: str) -> str | None:
+    """Why a string can't be tokenized or returned as UTF-8 (a lone surrogate, which JSON's "\\ud800" can
+    carry), or None."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"holds a lone UTF-16 surrogate (U+{ord(value[exc.start]):04X}) at character {exc.start}, not valid text"
+    return None
+
+
+def shown(value: str) -> str:
+    """A caller's string made safe to put in a message (lone surrogates escaped)."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _valid_text(value: str) -> str:
+    problem = text_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+# Every string field of the contract: valid Unicode text, or an invalid_input naming the field.
+Text = Annotated[str, AfterValidator(_valid_text)]
+
+# Sampling divides logits by these: a positive but tiny value overflows them to inf and the sampler picks an id
+# outside the codebook. 0.01 is already as good as greedy.
+MIN_DIVISOR = 0.01
+
+
+def _divisor(value: float | None) -> float | None:
+    if value is not None and 0 < value < MIN_DIVISOR:  # 0 and below: the field's own gt=0 says so
+        raise ValueError(f"must be at least {MIN_DIVISOR} (smaller values overflow the sampler), got {value!r}")
+    return value
+
+
+Divisor = Annotated[float, AfterValidator(_divisor)]
+
+# instruct and ref_text go into every chunk's prompt, whose attention is quadratic in its length: 100k characters
+# asked for gigabytes. Longer than any voice description or a 20 s clip's transcript needs.
+MAX_PROMPT_TEXT_CHARS = 2000
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # strict: a number is a JSON number and a bool a JSON bool, as the contract documents: no "5" for 5, no
+    # true for 1. allow_inf_nan off: NaN and infinity are refused with their own message (see _describe).
+    model_config = ConfigDict(extra="forbid", validate_default=True, strict=True, allow_inf_nan=False)
 
 
 class Params(_Strict):
-    temperature: float | None = Field(default=None, gt=0, le=2)
+    temperature: Divisor | None = Field(default=None, gt=0, le=2)
     top_k: int | None = Field(default=None, ge=0, le=2048)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    repetition_penalty: float | None = Field(default=None, gt=0, le=3)
+    repetition_penalty: Divisor | None = Field(default=None, gt=0, le=3)
     max_new_tokens: int | None = Field(default=None, ge=1, le=8192)
-    subtalker_temperature: float | None = Field(default=None, gt=0, le=2)
+    subtalker_temperature: Divisor | None = Field(default=None, gt=0, le=2)
     subtalker_top_k: int | None = Field(default=None, ge=0, le=2048)
     subtalker_top_p: float | None = Field(default=None, gt=0, le=1)
     # The seed handler's examples put these under params; top-level fields win when both are given.
-    language: str | None = None
-    instruct: str | None = None
+    language: Text | None = None
+    instruct: Text | None = Field(default=None, max_length=MAX_PROMPT_TEXT_CHARS)
 
     def sampling(self) -> dict[str, Any]:
         """The generation kwargs qwen_tts takes (None = the model's generation_config default)."""
@@ -67,28 +113,28 @@ class Params(_Strict):
 
 
 class VoiceFields(_Strict):
-    model: str | None = None
-    voice: str | None = None
-    language: str | None = None
-    instruct: str | None = None
-    ref_audio: str | None = None
-    ref_text: str | None = None
+    model: Text | None = None
+    voice: Text | None = None
+    language: Text | None = None
+    instruct: Text | None = Field(default=None, max_length=MAX_PROMPT_TEXT_CHARS)
+    ref_audio: Text | None = None
+    ref_text: Text | None = Field(default=None, max_length=MAX_PROMPT_TEXT_CHARS)
     x_vector_only: bool | None = None
     pause_ms: int | None = Field(default=None, ge=0, le=10_000)
 
 
 class SegmentIn(VoiceFields):
-    text: str
+    text: Text
 
 
 class SynthesisJob(VoiceFields):
     action: Literal["synthesize"] = "synthesize"
-    text: str | None = None
+    text: Text | None = None
     segments: list[SegmentIn] | None = None
-    output_format: str | None = None
+    output_format: Text | None = None
     sample_rate: int | None = Field(default=None, ge=MIN_SAMPLE_RATE, le=48_000)
     loudness_lufs: float | None = Field(default=None, ge=-70, le=-5)
-    delivery: str | None = None
+    delivery: Text | None = None
     stream: bool | None = None
     wav_header: bool | None = None  # ulaw/alaw in a WAV file instead of raw bytes
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
@@ -123,21 +169,21 @@ class CreateVoiceJob(_Strict):
     """`create_voice`: from a reference clip (`ref_audio`) or designed from a description (`instruct`)."""
 
     action: Literal["create_voice"]
-    name: str
-    ref_audio: str | None = None
-    ref_text: str | None = None
+    name: Text
+    ref_audio: Text | None = None
+    ref_text: Text | None = Field(default=None, max_length=MAX_PROMPT_TEXT_CHARS)
     x_vector_only: bool = False
-    language: str | None = None
-    model: str | None = None  # a Base model to build the prompt for now (else on first use)
-    instruct: str | None = None
-    sample_text: str | None = Field(default=None, max_length=500)
+    language: Text | None = None
+    model: Text | None = None  # a Base model to build the prompt for now (else on first use)
+    instruct: Text | None = Field(default=None, max_length=MAX_PROMPT_TEXT_CHARS)
+    sample_text: Text | None = Field(default=None, max_length=500)
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
     params: Params | None = None  # sampling for the designed sample
 
 
 class VoiceIdJob(_Strict):
     action: Literal["get_voice", "delete_voice"]
-    voice_id: str
+    voice_id: Text
 
 
 class ListVoicesJob(_Strict):
@@ -146,6 +192,7 @@ class ListVoicesJob(_Strict):
 
 def parse_voice_action(payload: dict) -> CreateVoiceJob | VoiceIdJob | ListVoicesJob:
     model = {"create_voice": CreateVoiceJob, "list_voices": ListVoicesJob}.get(payload.get("action"), VoiceIdJob)
+    _check_field_names(payload)
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
@@ -198,19 +245,56 @@ def _describe(error: ValidationError) -> str:
     problems = []
     unknown = []
     for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "input"
+        where = shown(".".join(str(p) for p in item["loc"])) or "input"
         if item["type"] == "extra_forbidden":
             unknown.append(where)
         else:
-            problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+            problems.append(f"{where}: {_message(item)}")
     if unknown:
         problems.insert(0, f"unknown field(s): {', '.join(unknown)}")
     return "; ".join(problems)
 
 
+def _message(item: dict) -> str:
+    """pydantic's message, or ours where the caller needs to know what was sent (the JSON type, a NaN)."""
+    kind, value = item["type"], item.get("input")
+    json_type = {bool: "true/false", str: "a string", float: "a fractional number", list: "a list", dict: "an object"}
+    sent = json_type.get(type(value), "null" if value is None else type(value).__name__)
+    if kind == "finite_number" or (isinstance(value, float) and not math.isfinite(value)):  # an int field too
+        return "must be a finite number, not NaN" if value != value else f"must be a finite number, not {value}"
+    if kind == "int_type":
+        return f"Input should be a valid integer (a JSON number without a fraction), not {sent}"
+    if kind == "float_type":
+        return f"Input should be a valid number (a JSON number), not {sent}"
+    if kind == "bool_type":
+        return f"Input should be a valid boolean (true or false), not {sent}"
+    if kind == "string_type":
+        return f"Input should be a valid string, not {sent}"
+    if kind in ("string_too_long", "too_long") and isinstance(value, str):  # too_long: after Text's validator
+        limit = item["ctx"]["max_length"]
+        return f"is {len(value)} characters; at most {limit} are taken"
+    if kind == "model_type":
+        return f"Input should be a valid dictionary (a JSON object), not {sent}"
+    return item["msg"].removeprefix("Value error, ")
+
+
+def _check_field_names(payload: dict) -> None:
+    """pydantic refuses a field name that isn't valid text without naming it: name it (escaped)."""
+    nested = [("", payload)]
+    nested += [("params.", payload["params"])] if isinstance(payload.get("params"), dict) else []
+    segments = payload.get("segments")
+    if isinstance(segments, list):
+        nested += [(f"segments.{i}.", s) for i, s in enumerate(segments) if isinstance(s, dict)]
+    for where, level in nested:
+        bad = [shown(k) for k in level if isinstance(k, str) and text_problem(k)]
+        if bad:
+            raise InputError(f"unknown field(s): {', '.join(where + k for k in bad)} (not valid Unicode text)")
+
+
 def parse_job(payload: Any) -> SynthesisJob:
     if not isinstance(payload, dict):
         raise InputError("job input must be a JSON object")
+    _check_field_names(payload)
     try:
         return SynthesisJob.model_validate(payload)
     except ValidationError as exc:

@@ -355,3 +355,50 @@ def test_check_encodable_rejects_before_any_audio_exists(fmt, rate, fragment):
 @pytest.mark.parametrize("fmt", ["wav", "mp3", "flac", "opus", "aac", "pcm"])
 def test_check_encodable_accepts_every_format_at_24k(fmt):
     check_encodable(fmt, 24000)
+
+
+# -- determinism ---------------------------------------------------------------------------------------------------
+def _naive_ogg_crc(page: bytes) -> int:
+    crc = 0
+    for byte in page:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7) & 0xFFFFFFFF if crc & 0x80000000 else (crc << 1) & 0xFFFFFFFF
+    return crc
+
+
+@pytest.mark.parametrize("size", [0, 1, 27, 4096], ids=lambda n: f"{n}-bytes")
+def test_the_ogg_checksum_is_the_specs(size):
+    page = bytes((i * 37 + 11) % 256 for i in range(size))
+    assert encoders.ogg_crc(page) == _naive_ogg_crc(page)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_gives_equal_bytes_twice(fmt):
+    rate = 8000 if fmt in encoders.G711_FORMATS else 24000
+    x = _signal(rate)
+    assert encode(x, rate, fmt) == encode(x, rate, fmt)
+
+
+@needs_ffmpeg
+def test_opus_with_its_serial_set_decodes_cleanly_and_other_audio_gets_another_serial():
+    x = _signal(24000)
+    data = encode(x, 24000, "opus")
+    check = subprocess.run(
+        ["ffmpeg", "-v", "warning", "-i", "pipe:0", "-f", "null", "-"], input=data, capture_output=True, check=True
+    )
+    assert check.stderr == b""  # no "CRC mismatch!"
+    other = encode(x * 0.5, 24000, "opus")
+    assert data[14:18] != other[14:18]  # the pages' serial number
+
+
+@pytest.mark.parametrize("fmt", encoders.STREAM_FORMATS)
+def test_every_stream_format_gives_equal_bytes_twice(fmt):
+    rate = 8000 if fmt in encoders.G711_FORMATS else 24000
+    x = _signal(rate)
+
+    def stream() -> bytes:
+        encoder = encoders.StreamEncoder(fmt, rate)
+        return encoder.push(x[: rate // 2]) + encoder.push(x[rate // 2 :]) + encoder.finish()
+
+    assert stream() == stream()

@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import unicodedata
 
 import numpy as np
 import pytest
@@ -292,3 +293,33 @@ def test_concurrent_creates_of_one_name_leave_exactly_one_whole_voice(tmp_path):
     assert store.reference(winners[0], 16000).sample_rate == 16000
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith((".tmp-", ".trash-"))]
     assert leftovers == []
+
+
+@pytest.mark.parametrize(
+    "again",
+    ["Cafe\u0301", "CAFE\u0301", "caf\u00c9", " Caf\u00e9 "],
+    ids=["decomposed", "decomposed-upper", "precomposed-upper", "padded"],
+)
+def test_names_are_one_name_whatever_their_unicode_normalization(make_worker, voice_env, create_job, again):
+    worker = make_worker(voice_env)
+    created = run(worker, {**create_job, "name": "Caf\u00e9"})
+    assert created["name"] == "Caf\u00e9"
+    result = run(worker, {**create_job, "name": again})
+    as_stored = unicodedata.normalize("NFC", again.strip())
+    assert result["error"]["message"] == f"a voice named {as_stored!r} already exists (voice_id {created['voice_id']})"
+
+
+def test_a_decomposed_name_saved_before_normalization_still_blocks_its_precomposed_twin(
+    make_worker, voice_env, create_job, tmp_path
+):
+    worker = make_worker(voice_env)
+    created = run(worker, {**create_job, "name": "Caf\u00e9"})
+    # as an older worker stored it: the name as sent (decomposed), its claim under that spelling's hash
+    record_path = tmp_path / "voices" / created["voice_id"] / "voice.json"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "name": "Cafe\u0301"}))
+    for claim in (tmp_path / "voices" / ".names").iterdir():
+        claim.unlink()
+    assert run(worker, {"action": "get_voice", "voice_id": created["voice_id"]})["name"] == "Cafe\u0301"
+    result = run(worker, {**create_job, "name": "CAF\u00c9"})
+    assert result["error"]["message"] == f"a voice named 'CAF\u00c9' already exists (voice_id {created['voice_id']})"

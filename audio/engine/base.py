@@ -66,6 +66,7 @@ class QwenSpeech:
 
         if meta.get("embedding_dtype") not in ("float32", "float16", "bfloat16"):
             raise ValueError(f"unknown embedding dtype {meta.get('embedding_dtype')!r}")
+        self._check_prompt_arrays(arrays, meta)
         device = self.tts.model.device
         embedding = torch.from_numpy(np.ascontiguousarray(arrays["ref_spk_embedding"]))
         code = arrays.get("ref_code")
@@ -78,3 +79,25 @@ class QwenSpeech:
                 ref_text=meta.get("ref_text"),
             )
         ]
+
+    def _check_prompt_arrays(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """ValueError unless stored arrays fit this model: a damaged prompt file would otherwise fail deep in
+        generation (a code outside the codebook indexes past an embedding)."""
+        config = self.tts.model.config
+        embedding, code = arrays["ref_spk_embedding"], arrays.get("ref_code")
+        dim = getattr(getattr(config, "speaker_encoder_config", None), "enc_dim", None)
+        if embedding.ndim != 1 or (dim is not None and embedding.shape[0] != dim):
+            raise ValueError(f"speaker embedding of shape {embedding.shape}")
+        if not np.isfinite(embedding).all():
+            raise ValueError("speaker embedding is not finite")
+        ref_text = meta.get("ref_text")
+        if bool(meta.get("icl_mode")) != (code is not None) or not isinstance(ref_text, (str, type(None))):
+            raise ValueError("prompt metadata does not match its arrays")
+        if code is not None:
+            groups = config.talker_config.num_code_groups
+            decoder = getattr(getattr(self.tts.model.speech_tokenizer, "config", None), "decoder_config", None)
+            codebook = getattr(decoder, "codebook_size", None)
+            if code.ndim != 2 or code.shape[1] != groups or code.shape[0] == 0 or code.dtype.kind not in "iu":
+                raise ValueError(f"reference codes of shape {code.shape} and type {code.dtype}")
+            if code.min() < 0 or (codebook is not None and code.max() >= codebook):
+                raise ValueError("reference codes outside the codebook")

@@ -17,6 +17,7 @@ import shutil
 import struct
 import subprocess
 import threading
+import zlib
 
 import numpy as np
 import soundfile as sf
@@ -283,8 +284,37 @@ def _encode_opus(samples: np.ndarray, sample_rate: int) -> bytes:
     # of noise. A little trailing silence puts the end mid-frame, where it is flushed cleanly.
     frame = sample_rate // 50
     pad = (frame - x.shape[0] % frame) % frame + frame // 2
-    x = np.concatenate([x, np.zeros(pad, dtype=x.dtype)])
-    return _sndfile_write(x.astype(np.float32), sample_rate, "OGG", "OPUS")
+    x = np.concatenate([x, np.zeros(pad, dtype=x.dtype)]).astype(np.float32)
+    # Gotcha: libsndfile gives each Ogg stream a random serial number, so the same audio encoded twice differed.
+    # The serial is set from the audio instead: equal input, equal bytes (streams of other audio still differ).
+    return ogg_with_serial(_sndfile_write(x, sample_rate, "OGG", "OPUS"), zlib.crc32(x.tobytes()))
+
+
+_BIT_REVERSED = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))
+
+
+def ogg_crc(page: bytes) -> int:
+    """The Ogg page checksum (CRC-32, polynomial 0x04C11DB7, not reflected, init 0, no final xor), computed by zlib:
+    the same polynomial reflected, over the bit-reversed bytes; zlib's init and final xor cancel against the CRC
+    of as many zero bytes."""
+    reflected = zlib.crc32(page.translate(_BIT_REVERSED)) ^ zlib.crc32(bytes(len(page)))
+    return int(f"{reflected:032b}"[::-1], 2)
+
+
+def ogg_with_serial(data: bytes, serial: int) -> bytes:
+    """An Ogg stream of one logical stream with its serial number set on every page (checksums recomputed)."""
+    out = bytearray(data)
+    pos = 0
+    while pos < len(out):
+        if out[pos : pos + 4] != b"OggS":
+            raise ValueError(f"not an Ogg page at byte {pos}")
+        segments = out[pos + 26]
+        end = pos + 27 + segments + sum(out[pos + 27 : pos + 27 + segments])
+        out[pos + 14 : pos + 18] = struct.pack("<I", serial & 0xFFFFFFFF)
+        out[pos + 22 : pos + 26] = bytes(4)
+        out[pos + 22 : pos + 26] = struct.pack("<I", ogg_crc(bytes(out[pos:end])))
+        pos = end
+    return bytes(out)
 
 
 def _encode_aac(samples: np.ndarray, sample_rate: int) -> bytes:
@@ -375,7 +405,8 @@ def wav_header_bytes(sample_rate: int, fmt: str, data_bytes: int | None) -> byte
 # -- streaming -----------------------------------------------------------------------------------------------------
 _FFMPEG_STREAM_ARGS = {
     "mp3": ["-c:a", "libmp3lame", "-f", "mp3"],
-    "opus": ["-c:a", "libopus", "-f", "ogg"],
+    # bitexact: ffmpeg's Ogg muxer otherwise draws a random serial number, and the same job's bytes would differ
+    "opus": ["-c:a", "libopus", "-fflags", "+bitexact", "-f", "ogg"],
     "aac": ["-c:a", "aac", "-f", "adts"],
 }
 

@@ -20,7 +20,7 @@ from audio.schema import CreateVoiceJob, VoiceIdJob, parse_voice_action, resolve
 from audio.speech import SpeechModel, Voice
 from audio.voices.cache import ClonePromptCache
 from audio.voices.reference import FetchPolicy, Reference, decode_audio, prepare, reference_bytes
-from audio.voices.store import VoiceStore, check_name
+from audio.voices.store import DamagedVoice, SavedVoice, VoiceStore, check_name, check_voice_id
 
 DESIGN_MODEL = "1.7B-VoiceDesign"
 BASE_MODELS = ("1.7B-Base", "0.6B-Base")
@@ -51,12 +51,16 @@ class VoiceActions:
         if isinstance(request, CreateVoiceJob):
             return self.create_voice(request)
         if isinstance(request, VoiceIdJob):
-            voice = self.store.delete(request.voice_id) if request.action == "delete_voice" else None
-            if voice is not None:
+            if request.action == "delete_voice":
+                voice = self.store.delete(request.voice_id)
                 return {"deleted": True, "voice_id": voice.voice_id, "name": voice.name}
-            voice = self.store.get(request.voice_id)
-            return voice.public(self.store.prompt_models(voice.voice_id))
-        return {"voices": [v.public(self.store.prompt_models(v.voice_id)) for v in self.store.list()]}
+            return self._public(self.store.inspect(check_voice_id(request.voice_id)))
+        return {"voices": [self._public(v) for v in self.store.list()]}
+
+    def _public(self, voice: SavedVoice | DamagedVoice) -> dict[str, Any]:
+        if isinstance(voice, DamagedVoice):
+            return voice.public()
+        return voice.public(self.store.prompt_models(voice.voice_id))
 
     def create_voice(self, request: CreateVoiceJob) -> dict[str, Any]:
         check_name(request.name)

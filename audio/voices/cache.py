@@ -73,7 +73,11 @@ class ClonePromptCache:
         if persist:
             stored = self.saved.load_prompt(saved_voice, model_name, mode, voice.ref_key)
             if stored is not None:
-                return model.prompt_from_arrays(*stored), True
+                try:
+                    return model.prompt_from_arrays(*stored), True
+                except (KeyError, TypeError, ValueError) as exc:
+                    # Readable but not a prompt for this model (a damaged file): rebuilt from the reference.
+                    log.warning("stored prompt %s of voice %s unusable (%s): rebuilt", model_name, saved_voice, exc)
         prompt = model.clone_prompt(voice)
         with self._lock:
             self.builds += 1

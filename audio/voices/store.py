@@ -7,10 +7,12 @@ sharing the volume never see half a voice:
     <voice_dir>/<voice_id>/voice.json                      name, ref_text, x_vector_only, language, source, ...
     <voice_dir>/<voice_id>/reference.wav                   the prepared reference (float32, its own rate)
     <voice_dir>/<voice_id>/prompts/<model>.<icl|xvec>.safetensors + .json
-    <voice_dir>/.names/<sha256 of the folded name>         claim on a name: holds the voice_id
+    <voice_dir>/.names/<sha256 of the NFC, case-folded name>   claim on a name: holds the voice_id
 
-Names are unique (case-insensitive): the claim file is created with O_EXCL, so of two concurrent creates of a
-name one wins and the other is refused. Ids are generated here and checked on every use (no path from input).
+Names are unique (case-insensitive, whatever their Unicode normalization): the claim file is created with
+O_EXCL, so of two concurrent creates of a name one wins and the other is refused. Ids are generated here and
+checked on every use (no path from input). A voice damaged on the volume is listed as damaged (`DamagedVoice`)
+and can always be deleted; its reference is checked before use.
 """
 
 from __future__ import annotations
@@ -50,9 +52,12 @@ def is_voice_id(value: str | None) -> bool:
 
 
 def check_name(raw: Any) -> str:
+    """The name as stored: stripped and NFC-normalized ("Café" typed precomposed or decomposed is one name)."""
     if not isinstance(raw, str):
         raise InputError("name must be a string of 1-100 characters")
-    name = raw.strip()
+    if any(unicodedata.category(c) == "Cs" for c in raw):
+        raise InputError("name must be valid Unicode text: it holds a lone UTF-16 surrogate")
+    name = unicodedata.normalize("NFC", raw.strip())
     if not 1 <= len(name) <= MAX_NAME_CHARS:
         raise InputError(f"name must be 1-{MAX_NAME_CHARS} characters, got {len(name)}")
     if "/" in name or "\\" in name:
@@ -60,6 +65,11 @@ def check_name(raw: Any) -> str:
     if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
         raise InputError("name must not contain control characters")
     return name
+
+
+def name_key(name: str) -> str:
+    """What two names are compared by: NFC, case-folded (and NFC again: folding can denormalize)."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
 
 
 def check_voice_id(raw: Any) -> str:
@@ -86,6 +96,23 @@ class SavedVoice:
         out = asdict(self)
         out["prompts"] = prompt_models
         return out
+
+
+@dataclass(frozen=True)
+class DamagedVoice:
+    """A voice whose files on the volume can't be used: listed as such, so it can be found and deleted."""
+
+    voice_id: str
+    name: str | None  # None when voice.json itself is unreadable
+    problem: str
+
+    def public(self) -> dict[str, Any]:
+        return {"voice_id": self.voice_id, "name": self.name, "damaged": True, "problem": self.problem}
+
+
+def _corrupt(voice_id: str, detail: str | None = None) -> InputError:
+    why = f" ({detail})" if detail else ""
+    return InputError(f"voice {voice_id} is corrupt on the volume{why}; delete it and create it again")
 
 
 class VoiceStore:
@@ -119,6 +146,10 @@ class VoiceStore:
     ) -> SavedVoice:
         self.check_writable()
         name = check_name(name)
+        # Claims made before names were normalized hash another spelling: the stored names are checked too.
+        taken = next((v for v in self.list() if isinstance(v, SavedVoice) and name_key(v.name) == name_key(name)), None)
+        if taken is not None:
+            raise InputError(f"a voice named {name!r} already exists (voice_id {taken.voice_id})")
         if len(self._ids()) >= self.max_voices:
             raise InputError(
                 f"this endpoint already has {self.max_voices} saved voices (QWEN_TTS_MAX_SAVED_VOICES); "
@@ -152,7 +183,7 @@ class VoiceStore:
         return voice
 
     def _claim_path(self, name: str) -> Path:
-        return self.root / ".names" / hashlib.sha256(name.casefold().encode()).hexdigest()
+        return self.root / ".names" / hashlib.sha256(name_key(name).encode()).hexdigest()
 
     def _claim(self, name: str, voice_id: str) -> None:
         path = self._claim_path(name)
@@ -177,20 +208,29 @@ class VoiceStore:
             return
         raise InputError(f"a voice named {name!r} is being created by another request")
 
-    def delete(self, voice_id: str) -> SavedVoice:
+    def delete(self, voice_id: str) -> SavedVoice | DamagedVoice:
+        """Delete a voice by id whatever state its files are in (a damaged voice is deleted too)."""
         self.check_writable()
-        voice = self.get(voice_id)
+        voice_id = check_voice_id(voice_id)
+        voice = self.inspect(voice_id, check_reference=False)
         trash = self.root / f".trash-{voice_id}-{secrets.token_hex(4)}"
         try:
             (self.root / voice_id).rename(trash)  # gone for every reader at once
         except FileNotFoundError:
             raise InputError(f"voice {voice_id} does not exist (list_voices shows the saved ones)") from None
         shutil.rmtree(trash, ignore_errors=True)
-        claim = self._claim_path(voice.name)
-        with contextlib.suppress(FileNotFoundError):
-            if claim.read_text().strip() == voice_id:
-                claim.unlink()
+        self._release_claims(voice_id)
         return voice
+
+    def _release_claims(self, voice_id: str) -> None:
+        # Every claim holding this id: its name may be unreadable, or claimed under an older spelling's hash.
+        names = self.root / ".names"
+        if not names.is_dir():
+            return
+        for claim in names.iterdir():
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                if claim.read_text().strip() == voice_id:
+                    claim.unlink()
 
     # -- reading --------------------------------------------------------------------------------------------
     def get(self, voice_id: str) -> SavedVoice:
@@ -201,35 +241,80 @@ class VoiceStore:
         except FileNotFoundError:
             raise InputError(f"voice {voice_id} does not exist (list_voices shows the saved ones)") from None
         except (OSError, ValueError):
-            raise InputError(f"voice {voice_id} is corrupt on the volume; delete it and create it again") from None
+            raise _corrupt(voice_id) from None
         try:
             if record.pop("format_version") != FORMAT_VERSION:
                 raise ValueError("format")
             voice = SavedVoice(**record)
-            if voice.voice_id != voice_id or check_name(voice.name) != voice.name:
+            # A name saved before names were NFC-normalized is still its own.
+            if voice.voice_id != voice_id or check_name(voice.name) != unicodedata.normalize("NFC", voice.name):
                 raise ValueError("identity")
-        except (KeyError, TypeError, ValueError, InputError):
-            raise InputError(f"voice {voice_id} is corrupt on the volume; delete it and create it again") from None
+            if not isinstance(voice.sample_rate, int) or voice.sample_rate <= 0:
+                raise ValueError("sample_rate")
+            if not isinstance(voice.duration_seconds, (int, float)) or not voice.duration_seconds > 0:
+                raise ValueError("duration_seconds")
+        except (AttributeError, KeyError, TypeError, ValueError, InputError):
+            raise _corrupt(voice_id) from None
         return voice
 
-    def list(self) -> list[SavedVoice]:
-        voices = []
+    def inspect(self, voice_id: str, *, check_reference: bool = True) -> SavedVoice | DamagedVoice:
+        """The voice, or what is wrong with it; "does not exist" stays an InputError."""
+        voice_id = check_voice_id(voice_id)
+        try:
+            voice = self.get(voice_id)
+        except InputError:
+            if not (self.root / voice_id).is_dir():
+                raise
+            return DamagedVoice(voice_id, None, "its voice.json is unreadable")
+        if check_reference:
+            problem = self._reference_problem(voice)
+            if problem is not None:
+                return DamagedVoice(voice_id, voice.name, f"its reference clip {problem}")
+        return voice
+
+    def _reference_problem(self, voice: SavedVoice) -> str | None:
+        """What is wrong with a voice's reference.wav from its header alone (cheap enough for a listing)."""
+        path = self.root / voice.voice_id / "reference.wav"
+        try:
+            info = sf.info(str(path))
+            size = path.stat().st_size
+        except (sf.LibsndfileError, RuntimeError, OSError):
+            return "is missing or unreadable"
+        # libsndfile reads a truncated file as a shorter one: the frames it finds must be the ones saved, and
+        # all their float32 bytes present.
+        expected = round(voice.duration_seconds * voice.sample_rate)
+        if info.channels != 1 or info.samplerate != voice.sample_rate or info.subtype != "FLOAT":
+            return "is not the one saved"
+        if info.frames == 0 or abs(info.frames - expected) > voice.sample_rate // 500 or size < info.frames * 4:
+            return "is truncated"
+        return None
+
+    def list(self) -> list[SavedVoice | DamagedVoice]:
+        """Saved voices oldest first, then the damaged ones (their problem named, so they can be deleted)."""
+        voices, damaged = [], []
         for voice_id in self._ids():
             try:
-                voices.append(self.get(voice_id))
+                voice = self.inspect(voice_id)
             except InputError:
-                continue  # deleted while listing, or corrupt: get_voice names it
-        return sorted(voices, key=lambda v: (v.created_at, v.voice_id))
+                continue  # deleted while listing
+            (damaged if isinstance(voice, DamagedVoice) else voices).append(voice)
+        return sorted(voices, key=lambda v: (v.created_at, v.voice_id)) + damaged
 
     def reference(self, voice_id: str, sample_rate: int) -> Reference:
-        """The voice's reference at `sample_rate` (stored at the rate it was made at)."""
+        """The voice's reference at `sample_rate` (stored at the rate it was made at). A damaged one (unreadable,
+        truncated, not finite) is an InputError naming the voice."""
         voice = self.get(voice_id)
+        problem = self._reference_problem(voice)
+        if problem is not None:
+            raise _corrupt(voice_id, f"its reference clip {problem}")
         try:
             samples, rate = sf.read(self.root / voice_id / "reference.wav", dtype="float32")
         except (sf.LibsndfileError, RuntimeError, OSError):
-            raise InputError(f"voice {voice_id} is corrupt on the volume; delete it and create it again") from None
+            raise _corrupt(voice_id, "its reference clip is missing or unreadable") from None
         if samples.ndim != 1 or len(samples) == 0 or rate != voice.sample_rate:
-            raise InputError(f"voice {voice_id} is corrupt on the volume; delete it and create it again")
+            raise _corrupt(voice_id, "its reference clip is not the one saved")
+        if not np.isfinite(samples).all():
+            raise _corrupt(voice_id, "its reference clip holds samples that are not numbers")
         samples = postprocess.resample(samples, rate, sample_rate)
         digest = hashlib.sha256(samples.tobytes())
         digest.update(str(sample_rate).encode())
@@ -259,13 +344,14 @@ class VoiceStore:
             if meta.get("ref_key") != ref_key:
                 return None  # made from other audio: rebuilt
             arrays = load_file(str(base) + ".safetensors")
+            if "ref_spk_embedding" not in arrays or not isinstance(meta["prompt"], dict):
+                raise ValueError("not a clone prompt")
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
-            # A cache entry, not the voice: a damaged one is rebuilt and rewritten.
-            log.warning("prompt %s of voice %s unreadable (%s): rebuilding it", model_name, voice_id, exc)
-            return None
-        if "ref_spk_embedding" not in arrays:
+        except Exception as exc:
+            # A cache entry, not the voice: a damaged one (safetensors' own error type, JSON of another shape)
+            # is rebuilt from the reference and rewritten.
+            log.warning("prompt %s of voice %s unreadable (%s): rebuilt", model_name, voice_id, type(exc).__name__)
             return None
         return arrays, meta["prompt"]
 

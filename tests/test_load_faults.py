@@ -17,12 +17,14 @@ import base64
 import contextlib
 import io
 import json
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -292,5 +294,162 @@ def test_fifty_mixed_jobs_through_the_local_api(tiny_model_dir, voice_dir, s3_se
         f"(max {memory.most}, {memory.growth():+.1%})"
     )
     assert sum(outcomes.values()) == 50 and proxy.cuts >= 1
+    assert memory.growth() < MAX_RSS_GROWTH
+    assert left == set()
+
+
+# -- the HTTP mode: 200 requests at concurrency 8 ---------------------------------------------------------------
+
+HTTP_KINDS = ["disconnect", "wav", "mp3", "sse", "run", "disconnect", "flac", "pcm", "invalid", "models"]
+# Streams longer than a few frames need text that takes that long to say: the guard cuts a generation at a
+# multiple of the text's expected length (a runaway), whatever max_new_tokens asks.
+LONG_TEXT = "This stream is long enough to be cut by a signal in the middle of its speech, and then finished."
+# Held streams: many chunks of many frames, megabytes more than an unread client's socket buffers take, so each
+# one keeps its slot until its client goes.
+HOLD_TEXT = "Hold the line, the stream is long. " * 100
+HOLD_FRAMES = 4000
+
+
+def speech(fmt: str, n: int, text: str = "Load speaks.", **extra) -> dict:
+    return {"input": text, "voice": "alloy", "response_format": fmt, "max_new_tokens": n, **extra}
+
+
+def http_request(url: str, i: int) -> tuple[str, int]:
+    """Request `i` of the load, checked against what it asked for: (its kind, how many 429s it was answered
+    before it got in; each one retried)."""
+    kind = HTTP_KINDS[i % len(HTTP_KINDS)]
+    n = 4 + i % 5
+    frames = (n - 1) * FRAME
+    for refused in range(1000):  # noqa: B007 - the count is returned
+        if kind == "run":
+            reply = requests.post(
+                f"{url}/run", json={"input": {"text": "Load.", "params": {"max_new_tokens": n}}}, timeout=60
+            )
+        elif kind == "models":
+            reply = requests.get(f"{url}/v1/models", timeout=60)
+        elif kind == "invalid":
+            reply = requests.post(f"{url}/v1/audio/speech", json=speech("wav", n, voice="nobody"), timeout=60)
+        else:
+            fmt = {"disconnect": "pcm", "sse": "pcm"}.get(kind, kind)
+            body = speech(
+                fmt, 200 if kind == "disconnect" else n, **({"stream_format": "sse"} if kind == "sse" else {})
+            )
+            reply = requests.post(f"{url}/v1/audio/speech", json=body, stream=True, timeout=60)
+        if reply.status_code != 429:
+            break
+        assert reply.headers["retry-after"] == "1" and reply.json()["error"]["code"] == "rate_limited"
+        reply.close()
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"request {i} was refused 1000 times")
+    if kind == "invalid":
+        error = reply.json()["error"]
+        assert reply.status_code == 400 and error["code"] == "invalid_input" and "nobody" in error["message"]
+        return kind, refused
+    assert reply.status_code == 200, reply.text[:500]
+    if kind == "disconnect":
+        first = next(reply.iter_content(4096))
+        reply.close()  # mid-stream: 149 frames asked, one piece read
+        assert 0 < len(first) < 149 * FRAME * 2
+    elif kind == "models":
+        assert "tts-1" in {m["id"] for m in reply.json()["data"]}
+    elif kind == "run":
+        assert samples_of(base64.b64decode(reply.json()["audio_base64"])) == frames
+    elif kind == "sse":
+        events = [json.loads(line[6:]) for line in reply.iter_lines() if line.startswith(b"data: ")]
+        audio = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
+        assert [e["type"] for e in events[-1:]] == ["speech.audio.done"] and len(audio) == frames * 2
+    else:
+        data = reply.content
+        if kind == "pcm":
+            assert len(data) == frames * 2
+        elif kind == "mp3":
+            assert is_mp3(data)
+        elif kind == "wav":  # streamed: the header's sizes are unknown, the samples follow its data chunk
+            assert len(data) - (data.index(b"data") + 8) == frames * 2
+        else:
+            assert samples_of(data) == frames
+    return kind, refused
+
+
+def refused_when_full(url: str, limit: int) -> dict:
+    """Fill the admission with `limit` streams that are never read (the first ones run, the rest wait for a slot),
+    then ask once more: the 429's body. The held streams are closed after (their generations cancelled)."""
+    held = []
+    try:
+        for _ in range(limit):
+            sock = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+            body = json.dumps(speech("pcm", HOLD_FRAMES, HOLD_TEXT)).encode()
+            head = f"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            sock.sendall(head + body)
+            held.append(sock)
+        for _ in range(600):  # until the server has taken them all in
+            reply = requests.post(f"{url}/v1/audio/speech", json=speech("pcm", 4), timeout=60)
+            if reply.status_code == 429:
+                return {"retry_after": reply.headers["retry-after"], **reply.json()}
+            assert reply.status_code == 200
+            time.sleep(0.05)
+        pytest.fail("never refused")
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_two_hundred_requests_at_concurrency_eight_through_the_http_mode(tiny_model_dir, tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = worker_env(
+        tiny_model_dir,
+        QWEN_TTS_MODE="http",
+        PORT=str(port),
+        TMPDIR=str(scratch),
+        QWEN_TTS_CONCURRENCY="2",
+        QWEN_TTS_MAX_QUEUE="4",
+    )
+    kinds: dict[str, int] = {}
+    with worker_process([], env, tmp_path / "http.log", f"{url}/ping") as proc:
+        memory = Memory(proc.pid)
+        at_start = listing(scratch)
+        refusal = refused_when_full(url, 6)
+        assert refusal == {
+            "retry_after": "1",
+            "error": {
+                "message": "the worker is busy (6 requests running or queued); retry after 1s",
+                "type": "rate_limit_exceeded",
+                "param": None,
+                "code": "rate_limited",
+            },
+        }
+
+        def one(i: int) -> tuple[str, int]:
+            out = http_request(url, i)
+            memory.result()
+            return out
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(one, range(200)))
+        for kind, _ in results:
+            kinds[kind] = kinds.get(kind, 0) + 1
+        retried = sum(r for _, r in results)
+        assert requests.get(f"{url}/ping", timeout=10).json() == {"status": "ready"}
+
+        # SIGTERM mid-stream: the stream in flight is finished whole, then the worker exits cleanly.
+        with requests.post(
+            f"{url}/v1/audio/speech", json=speech("pcm", 100, LONG_TEXT), stream=True, timeout=60
+        ) as reply:
+            parts = reply.iter_content(4096)
+            got = len(next(parts))
+            proc.send_signal(signal.SIGTERM)
+            got += sum(len(p) for p in parts)
+        assert reply.status_code == 200 and got == 99 * FRAME * 2
+        assert proc.wait(timeout=60) == 0
+        left = listing(scratch) - at_start
+    print(
+        f"http: {len(results)} requests {kinds}, {retried} answered 429 first and retried, RSS {memory.at_tenth} -> "
+        f"{memory.last} KiB (max {memory.most}, {memory.growth():+.1%})"
+    )
+    assert len(results) == 200 and kinds["disconnect"] == 40
     assert memory.growth() < MAX_RSS_GROWTH
     assert left == set()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from audio import schema
 from audio.openai_compat import EXTRA_FIELDS, MAX_INPUT_CHARS, RESPONSE_FORMATS, SPEECH_FIELDS, STREAM_FORMATS
 from audio.output import encoders
 
@@ -82,6 +83,30 @@ ERROR_STATUSES = {
 }
 
 
+REF = "#/components/schemas/{model}"
+JOB_MODELS = (schema.SynthesisJob, schema.CreateVoiceJob, schema.VoiceIdJob, schema.ListVoicesJob)
+
+
+def _job_schemas() -> dict[str, Any]:
+    """The job contract's input as the validators that check it describe it (pydantic's JSON schemas), and the
+    information actions."""
+    out: dict[str, Any] = {}
+    for model in JOB_MODELS:
+        described = model.model_json_schema(ref_template=REF)
+        out.update(described.pop("$defs", {}))
+        out[model.__name__] = described
+    out["InfoAction"] = {
+        "type": "object",
+        "required": ["action"],
+        "additionalProperties": False,
+        "properties": {"action": {"enum": list(schema.INFO_ACTIONS)}},
+    }
+    out["JobInput"] = {
+        "anyOf": [{"$ref": REF.format(model=name)} for name in [*(m.__name__ for m in JOB_MODELS), "InfoAction"]]
+    }
+    return out
+
+
 def _speech_body() -> dict[str, Any]:
     extra_types = {
         "language": {"type": "string"},
@@ -131,7 +156,6 @@ def _audio_content() -> dict[str, Any]:
 
 def document(title: str, codes: list[str]) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the HTTP mode; `codes`: the error codes its routes answer."""
-    json_object = {"type": "object"}
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": "1"},
@@ -161,8 +185,9 @@ def document(title: str, codes: list[str]) -> dict[str, Any]:
                             "application/json": {
                                 "schema": {
                                     "type": "object",
-                                    "properties": {"input": json_object},
-                                    "description": "{'input': job} or the job itself (README: the job contract)",
+                                    "required": ["input"],
+                                    "properties": {"input": {"$ref": "#/components/schemas/JobInput"}},
+                                    "description": "{'input': job} (README: the job contract)",
                                 }
                             }
                         },
@@ -219,6 +244,7 @@ def document(title: str, codes: list[str]) -> dict[str, Any]:
                 "WorkerError": _worker_error(codes),
                 "OpenAIError": _openai_error(codes),
                 "SpeechRequest": _speech_body(),
+                **_job_schemas(),
                 "Result": {"type": "object", "not": {"required": ["error"]}},
                 "Health": {
                     "type": "object",

@@ -434,6 +434,7 @@ def test_two_hundred_requests_at_concurrency_eight_through_the_http_mode(tiny_mo
             kinds[kind] = kinds.get(kind, 0) + 1
         retried = sum(r for _, r in results)
         assert requests.get(f"{url}/ping", timeout=10).json() == {"status": "ready"}
+        assert requests.get(f"{url}/openapi.json", timeout=10).json()["openapi"] == "3.1.0"  # the real process's too
 
         # SIGTERM mid-stream: the stream in flight is finished whole, then the worker exits cleanly.
         with requests.post(

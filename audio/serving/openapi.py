@@ -184,10 +184,15 @@ def document(title: str, codes: list[str]) -> dict[str, Any]:
                         "content": {
                             "application/json": {
                                 "schema": {
-                                    "type": "object",
-                                    "required": ["input"],
-                                    "properties": {"input": {"$ref": "#/components/schemas/JobInput"}},
-                                    "description": "{'input': job} (README: the job contract)",
+                                    "description": "{'input': job} as on the queue, or the job itself",
+                                    "anyOf": [
+                                        {
+                                            "type": "object",
+                                            "required": ["input"],
+                                            "properties": {"input": {"$ref": "#/components/schemas/JobInput"}},
+                                        },
+                                        {"$ref": "#/components/schemas/JobInput"},
+                                    ],
                                 }
                             }
                         },

@@ -4,12 +4,13 @@ result checked against its request (format, exact length where the format keeps 
 memory flat (VmRSS from /proc, growth under 10 % from the 10th result to the end), its TMPDIR empty at the end,
 and the HTTP queue's bound answered 429. Faults under load: damaged saved voices among the jobs (one repairable,
 one not), S3 cut mid-upload (a loopback proxy in front of the rclone S3 server drops the connection once part of
-the body went through) with the next upload sound again, streaming clients that disconnect mid-stream, and SIGTERM
-while a stream is under way (it is finished whole, then the process exits 0).
+the body went through) with the next upload sound again, a model whose weights file is cut short (503
+model_unavailable for its requests, the other models serving on), streaming clients that disconnect mid-stream,
+and SIGTERM while a stream is under way (it is finished whole, then the process exits 0).
 
-Faults tested elsewhere, not repeated here: a corrupt model file (tests/test_model_loader.py), out-of-memory in the
-engine and `refresh_worker` (tests/test_lifecycle.py, tests/test_runpod_worker.py), SIGTERM mid-job on the queue
-(tests/test_runpod_worker.py), every kind of damaged saved voice (tests/test_damaged_voices.py)."""
+Faults tested elsewhere, not repeated here: out-of-memory in the engine and `refresh_worker` (tests/test_lifecycle.py,
+tests/test_runpod_worker.py), SIGTERM mid-job on the queue (tests/test_runpod_worker.py), every kind of damaged
+saved voice (tests/test_damaged_voices.py) and corrupt model file (tests/test_model_loader.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import base64
 import contextlib
 import io
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -300,7 +302,9 @@ def test_fifty_mixed_jobs_through_the_local_api(tiny_model_dir, voice_dir, s3_se
 
 # -- the HTTP mode: 200 requests at concurrency 8 ---------------------------------------------------------------
 
+# Every 10th request alternates between the model list and the model whose file is corrupt on the volume.
 HTTP_KINDS = ["disconnect", "wav", "mp3", "sse", "run", "disconnect", "flac", "pcm", "invalid", "models"]
+CORRUPT_MODEL = "1.7B-VoiceDesign"
 # Streams longer than a few frames need text that takes that long to say: the guard cuts a generation at a
 # multiple of the text's expected length (a runaway), whatever max_new_tokens asks.
 LONG_TEXT = "This stream is long enough to be cut by a signal in the middle of its speech, and then finished."
@@ -318,6 +322,8 @@ def http_request(url: str, i: int) -> tuple[str, int]:
     """Request `i` of the load, checked against what it asked for: (its kind, how many 429s it was answered
     before it got in; each one retried)."""
     kind = HTTP_KINDS[i % len(HTTP_KINDS)]
+    if kind == "models" and i % 20 == 19:
+        kind = "corrupt-model"
     n = 4 + i % 5
     frames = (n - 1) * FRAME
     for refused in range(1000):  # noqa: B007 - the count is returned
@@ -329,6 +335,9 @@ def http_request(url: str, i: int) -> tuple[str, int]:
             reply = requests.get(f"{url}/v1/models", timeout=60)
         elif kind == "invalid":
             reply = requests.post(f"{url}/v1/audio/speech", json=speech("wav", n, voice="nobody"), timeout=60)
+        elif kind == "corrupt-model":
+            body = speech("wav", n, model=CORRUPT_MODEL, instructions="A calm voice.")
+            reply = requests.post(f"{url}/v1/audio/speech", json=body, timeout=60)
         else:
             fmt = {"disconnect": "pcm", "sse": "pcm"}.get(kind, kind)
             body = speech(
@@ -345,6 +354,11 @@ def http_request(url: str, i: int) -> tuple[str, int]:
     if kind == "invalid":
         error = reply.json()["error"]
         assert reply.status_code == 400 and error["code"] == "invalid_input" and "nobody" in error["message"]
+        return kind, refused
+    if kind == "corrupt-model":
+        error = reply.json()["error"]
+        assert reply.status_code == 503 and error["code"] == "model_unavailable" and error["type"] == "server_error"
+        assert f"model {CORRUPT_MODEL}" in error["message"] and "could not be loaded" in error["message"]
         return kind, refused
     assert reply.status_code == 200, reply.text[:500]
     if kind == "disconnect":
@@ -395,13 +409,30 @@ def refused_when_full(url: str, limit: int) -> dict:
             sock.close()
 
 
-def test_two_hundred_requests_at_concurrency_eight_through_the_http_mode(tiny_model_dir, tmp_path):
+@pytest.fixture
+def volume_with_a_corrupt_model(tiny_model_dir, tmp_path) -> Path:
+    """The tiny models, linked, and a copy of CORRUPT_MODEL's whose weights file is cut short."""
+    from audio import catalog
+
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    corrupt = catalog.MODELS[CORRUPT_MODEL].dir_name
+    for folder in tiny_model_dir.iterdir():
+        if folder.name == corrupt:
+            shutil.copytree(folder, volume / folder.name)
+            _truncate(volume / folder.name / "model.safetensors")
+        else:
+            (volume / folder.name).symlink_to(folder)
+    return volume
+
+
+def test_two_hundred_requests_at_concurrency_eight_through_the_http_mode(volume_with_a_corrupt_model, tmp_path):
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = worker_env(
-        tiny_model_dir,
+        volume_with_a_corrupt_model,
         QWEN_TTS_MODE="http",
         PORT=str(port),
         TMPDIR=str(scratch),
@@ -451,6 +482,6 @@ def test_two_hundred_requests_at_concurrency_eight_through_the_http_mode(tiny_mo
         f"http: {len(results)} requests {kinds}, {retried} answered 429 first and retried, RSS {memory.at_tenth} -> "
         f"{memory.last} KiB (max {memory.most}, {memory.growth():+.1%})"
     )
-    assert len(results) == 200 and kinds["disconnect"] == 40
+    assert len(results) == 200 and kinds["disconnect"] == 40 and kinds["corrupt-model"] == 10
     assert memory.growth() < MAX_RSS_GROWTH
     assert left == set()

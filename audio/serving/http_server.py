@@ -3,7 +3,8 @@
 Owns the routes, their status codes and error shapes, the health states (`/ping`: 204 while the preload runs,
 200 when ready, 200 after a failed preload too, whose requests then get 503 with the reason), admission (at most
 QWEN_TTS_CONCURRENCY requests run, QWEN_TTS_MAX_QUEUE more wait, past that 429 with Retry-After), request
-bodies (at most QWEN_TTS_MAX_REQUEST_BYTES, refused before they are read) and streamed bodies (sent only once
+bodies (at most QWEN_TTS_MAX_REQUEST_BYTES, refused before they are read), its OpenAPI document at /openapi.json
+(audio/serving/openapi.py) and streamed bodies (sent only once
 their first audio is made, so every error before it has a status). Every request runs the worker's own code
 (`Worker.handle`, `Worker.plan_synthesis`, `streaming`) on a thread, through the same service as the queue's jobs
 (audio/serving/service.py): no second pipeline. A client that disconnects cancels its generation at the next
@@ -28,7 +29,7 @@ from audio.errors import Cancelled, InputError, TTSError
 from audio.model_loader import find_model_path
 from audio.openai_compat import OPENAI_MODEL_NAMES, speech_request
 from audio.output import encoders
-from audio.serving import live, streaming
+from audio.serving import live, openapi, streaming
 from audio.serving.service import cancellable, error, failure, make_handler
 from audio.serving.service import preload as preload_worker
 
@@ -42,6 +43,7 @@ STATUS_FOR_CODE = {
     "delivery_failed": 502,
     "internal": 500,
 }
+RATE_LIMITED = "rate_limited"  # the admission's 429
 OPENAI_ERROR_TYPE = {400: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_exceeded"}
 RETRY_AFTER_S = 1
 SSE_TYPE = "text/event-stream"
@@ -123,6 +125,8 @@ def create_app(worker: Any, *, preload: bool = True) -> Any:
         yield
 
     app = FastAPI(title="Qwen3-TTS worker", lifespan=lifespan, docs_url=None, redoc_url=None)
+    described = openapi.document(app.title, sorted({*STATUS_FOR_CODE, RATE_LIMITED}))
+    app.openapi = lambda: described  # served at /openapi.json: FastAPI can't see bodies read by hand
 
     def fail(code: str, message: str, *, openai: bool, status: int | None = None, headers=None) -> Any:
         status = status or STATUS_FOR_CODE.get(code, 500)
@@ -185,7 +189,7 @@ def create_app(worker: Any, *, preload: bool = True) -> Any:
 
     def busy(openai: bool) -> Any:
         return fail(
-            "rate_limited",
+            RATE_LIMITED,
             f"the worker is busy ({admission.limit} requests running or queued); retry after {RETRY_AFTER_S}s",
             openai=openai,
             status=429,
@@ -448,7 +452,7 @@ def serve(worker: Any) -> int:
     if settings.port_health != settings.port:
         from fastapi import FastAPI
 
-        health_app = FastAPI(docs_url=None, redoc_url=None)
+        health_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
         health_app.add_api_route("/ping", next(r.endpoint for r in app.routes if getattr(r, "path", "") == "/ping"))
         servers.append(
             _Quiet(uvicorn.Config(health_app, host="0.0.0.0", port=settings.port_health, log_level="warning"))

@@ -81,7 +81,7 @@ EDGE_TEXT = [
     "../../etc/passwd",
     "http://127.0.0.1:9/ref.wav",
     "https://example.com/me.wav",
-    "http://8.8.8.8/x.wav",
+    "http://203.0.113.9/x.wav",  # TEST-NET-3, and the fuzz worker connects nowhere
     "data:audio/wav;base64,UklGRg==",
     "AAAA",
     "%s%n{0}",

@@ -75,9 +75,7 @@ class RateModel:
 
     def rate_s_per_unit(self, voice: Hashable, language: str) -> float:
         rates = self.measured.get(voice)
-        if rates:
-            return statistics.median(rates)
-        return SPEAKING_RATE_S_PER_UNIT.get(language, DEFAULT_RATE_S_PER_UNIT)
+        return statistics.median(rates) if rates else prior_rate_s_per_unit(language)
 
     def expected_s(self, voice: Hashable, language: str, weight: float) -> float:
         return weight * self.rate_s_per_unit(voice, language)
@@ -90,9 +88,13 @@ class RateModel:
             self.measured.setdefault(voice, []).append(duration_s / weight)
 
 
+def prior_rate_s_per_unit(language: str) -> float:
+    return SPEAKING_RATE_S_PER_UNIT.get(language, DEFAULT_RATE_S_PER_UNIT)
+
+
 def prior_speech_s(text: str, language: str) -> float:
     """How long `text` takes to say at `language`'s prior rate, before any chunk of it is measured."""
-    return spoken_weight(text) * RateModel().rate_s_per_unit(None, language)
+    return spoken_weight(text) * prior_rate_s_per_unit(language)
 
 
 def band_failure(duration_s: float, expected_s: float, limits: GuardLimits, *, measured: bool = True) -> str | None:

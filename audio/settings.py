@@ -10,12 +10,11 @@ from pathlib import Path
 from audio.catalog import DEFAULT_MODEL, find_model
 from audio.guard import GuardLimits
 from audio.output.delivery import S3Config
-from audio.speech import DEFAULT_ENGINE, ENGINES
+from audio.speech import DEFAULT_ENGINE, ENGINES, STREAM_PIECE_FRAMES
 
 DEFAULT_MODEL_DIR = "/runpod-volume/models"
 DEFAULT_VOICE_DIR = "/runpod-volume/voices"
 RUNPOD_HF_CACHE = "/runpod-volume/huggingface-cache/hub"
-STREAM_PIECE_FRAMES = (1, 2, 4, 8, 12)  # frames per streamed piece, the last size repeating (12 frames ~ 1 s)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:

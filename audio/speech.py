@@ -17,6 +17,8 @@ import numpy as np
 
 ENGINES = ("fast", "reference")
 DEFAULT_ENGINE = "fast"
+# Codec frames per streamed piece, the last size repeating: first audio after one frame, then ~1 s pieces.
+STREAM_PIECE_FRAMES = (1, 2, 4, 8, 12)
 
 
 @dataclass(frozen=True)

@@ -86,8 +86,11 @@ def planned_output_s(plan: JobPlan) -> float:
     """The track a plan asks for, before any generation: its text at the languages' prior speaking rates
     (audio/guard.py) plus its pauses, stretched by its speed. `join: false` items count together: they are all
     held at once."""
-    speech_s = sum(prior_speech_s(s.text, s.language) for s in plan.segments)
-    return (speech_s + pause_total_s(plan)) / plan.speed
+    return (planned_speech_s(plan) + pause_total_s(plan)) / plan.speed
+
+
+def planned_speech_s(plan: JobPlan) -> float:
+    return sum(prior_speech_s(s.text, s.language) for s in plan.segments)
 
 
 class Worker:
@@ -306,9 +309,8 @@ class Worker:
         planned_s = planned_output_s(plan)
         limit_s = self.settings.max_output_s
         if planned_s > limit_s:
-            speech_s = sum(prior_speech_s(s.text, s.language) for s in plan.segments)
             raise InputError(
-                f"this job would make about {planned_s:.0f} s of audio ({speech_s:.0f} s of speech, "
+                f"this job would make about {planned_s:.0f} s of audio ({planned_speech_s(plan):.0f} s of speech, "
                 f"{pause_total_s(plan):.0f} s of pauses, at speed {plan.speed:g}); this worker makes at most "
                 f"{limit_s:.0f} s per job (QWEN_TTS_MAX_OUTPUT_SECONDS). Shorten the pauses or split the job."
             )

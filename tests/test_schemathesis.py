@@ -19,7 +19,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from audio.serving.http_server import STATUS_FOR_CODE, create_app
+from audio.serving.http_server import create_app
+from audio.serving.service import STATUS_FOR_CODE
 from audio.worker import Worker
 from tests.test_http_server import ENV, Served
 

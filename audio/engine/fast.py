@@ -18,10 +18,9 @@ from audio.engine.base import QwenSpeech
 from audio.engine.codec import IncrementalDecoder, decode_whole
 from audio.engine.prompts import PINNED_QWEN_TTS, capture_talker_inputs
 from audio.errors import ModelError
-from audio.speech import AudioPiece, ChunkRequest, FrameGuard, GenerateCall, Voice
+from audio.speech import STREAM_PIECE_FRAMES, AudioPiece, ChunkRequest, FrameGuard, GenerateCall, Voice
 
 GRAPH_PROMPT_TOKENS = 1024
-DEFAULT_PIECE_FRAMES = (1, 2, 4, 8, 12)  # streamed piece sizes: first audio after one frame, then ~1 s pieces
 
 
 class FastEngine(QwenSpeech):
@@ -153,8 +152,8 @@ class FastEngine(QwenSpeech):
         guard: FrameGuard | None = None,
     ) -> Iterator[AudioPiece]:
         """Each row's audio in pieces of `piece_frames` (a size, or sizes in order with the last repeating; default
-        `DEFAULT_PIECE_FRAMES`: the first piece after one frame, growing to ~1 s)."""
-        pieces = piece_frames or DEFAULT_PIECE_FRAMES
+        `STREAM_PIECE_FRAMES`: the first piece after one frame, growing to ~1 s)."""
+        pieces = piece_frames or STREAM_PIECE_FRAMES
         ref = _ref_codes(clone_prompt)
         decoders = [IncrementalDecoder(self.tts, piece_frames=pieces, ref_codes=ref) for _ in requests]
         open_rows = set(range(len(requests)))

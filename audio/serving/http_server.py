@@ -30,19 +30,11 @@ from audio.model_loader import find_model_path
 from audio.openai_compat import OPENAI_MODEL_NAMES, speech_request
 from audio.output import encoders
 from audio.serving import live, openapi, streaming
-from audio.serving.service import cancellable, error, failure, make_handler
+from audio.serving.service import STATUS_FOR_CODE, cancellable, error, failure, make_handler
 from audio.serving.service import preload as preload_worker
 
 log = logging.getLogger(__name__)
 
-STATUS_FOR_CODE = {
-    "invalid_input": 400,
-    "payload_too_large": 413,
-    "model_unavailable": 503,
-    "synthesis_failed": 500,
-    "delivery_failed": 502,
-    "internal": 500,
-}
 RATE_LIMITED = "rate_limited"  # the admission's 429
 OPENAI_ERROR_TYPE = {400: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_exceeded"}
 RETRY_AFTER_S = 1

@@ -39,7 +39,7 @@ from audio.errors import Cancelled, ClientTooSlow, IdleTimeout, InputError
 from audio.openai_compat import speech_request
 from audio.output import encoders
 from audio.serving import streaming
-from audio.serving.service import failure
+from audio.serving.service import STATUS_FOR_CODE, failure
 from audio.speech import derive_seed
 from audio.text.splitter import CLAUSE, SENTENCE, ChunkSpan, split_chunks, text_weight
 from audio.text.spoken import is_speakable
@@ -51,14 +51,9 @@ ELEVENLABS_ROUTE = "/v1/text-to-speech/{voice_id}/stream-input"
 CLOSE_NORMAL = 1000
 # 4000 + the HTTP status the HTTP mode answers the same code with; the session's own codes take 408 and 429's.
 CLOSE_CODES = {
-    "invalid_input": 4400,
-    "payload_too_large": 4413,
+    **{code: 4000 + status for code, status in STATUS_FOR_CODE.items()},
     "idle_timeout": 4408,
     "client_too_slow": 4429,
-    "synthesis_failed": 4500,
-    "internal": 4500,
-    "delivery_failed": 4502,
-    "model_unavailable": 4503,
 }
 DEFAULT_FORMAT = "pcm"
 # ElevenLabs names its formats <format>_<rate> (ulaw_8000, pcm_16000).

@@ -21,6 +21,15 @@ from audio.worker import ProgressFn, Worker
 log = logging.getLogger("qwen3_tts_worker")
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+# The HTTP status each error code is answered with (the HTTP mode; the live WebSocket closes with 4000 + it).
+STATUS_FOR_CODE = {
+    "invalid_input": 400,
+    "payload_too_large": 413,
+    "model_unavailable": 503,
+    "synthesis_failed": 500,
+    "delivery_failed": 502,
+    "internal": 500,
+}
 
 
 def error(code: str, message: str) -> dict[str, Any]:

@@ -37,7 +37,7 @@ def loops(loop, real_shape_model_dir):
 
 
 class Recorded(GraphSteps):
-    """Graph steps that record each talker step's hidden state; `lazy`: capture a bucket on first use, with the
+    """Graph steps that record each frame's talker hidden state; `lazy`: capture a bucket on first use, with the
     rows in flight (the engine's old timing)."""
 
     def __init__(self, *args, lazy: bool = False, **kwargs):
@@ -45,17 +45,13 @@ class Recorded(GraphSteps):
         self.lazy = lazy
         self.hidden: list[torch.Tensor] = []
 
-    def talker_step(self, live, x, cos, sin, slot):
-        if self.lazy and bucket_for(x.shape[0]) not in self._talker:
-            self.capture_bucket(bucket_for(x.shape[0]))
-        hidden, logits = super().talker_step(live, x, cos, sin, slot)
-        self.hidden.append(hidden.clone())
-        return hidden, logits
-
-    def code_pass(self, live, step):
-        if self.lazy and bucket_for(live.hidden.shape[0]) not in self._predictor:
-            self.capture_bucket(bucket_for(live.hidden.shape[0]))
-        return super().code_pass(live, step)
+    def frame(self, live, step, prompt_len, *, need_next):
+        key = (bucket_for(len(live.rows)), self.length_for(prompt_len + step + 1))
+        if self.lazy and key not in self._graphs:
+            self.capture_bucket(*key)
+        codes = super().frame(live, step, prompt_len, need_next=need_next)
+        self.hidden.append(live.hidden.clone())
+        return codes
 
 
 def _max_hidden_diff(a: Recorded, b: Recorded) -> float:
@@ -76,8 +72,8 @@ def test_capture_with_rows_in_flight_corrupted_them_and_no_longer_does(loops, ch
     old.mode = "simulate"
     old_codes = _codes(loop, old, batch, sampled=False)
     corrupted = _max_hidden_diff(old, eager)
-    # Measured: tiny 0.104 at batch 1, 3.91 at batch 3 (codes diverge at batch 3); real structure (one layer)
-    # 5.11 at batch 1, 4.61 at batch 3 (codes diverge at both).
+    # Measured (one graph per frame): tiny 3.46 at batch 1, 4.52 at batch 3; real structure (one layer) 4.34 at
+    # batch 1, 4.59 at batch 3; the codes diverge in all four.
     assert corrupted > 1e-2, corrupted
 
     monkeypatch.setattr(GraphSteps, "protect_live_state", True)
@@ -91,10 +87,25 @@ def test_capture_with_rows_in_flight_corrupted_them_and_no_longer_does(loops, ch
     )
 
 
-def test_warm_up_captures_every_bucket_and_requests_capture_nothing(loop, monkeypatch):
+@pytest.mark.slow
+@pytest.mark.parametrize("checkpoint", ["tiny", "real-structure"])
+def test_warm_up_captures_every_bucket_and_requests_capture_nothing(loops, checkpoint, monkeypatch):
+    loop = loops[checkpoint]
+    monkeypatch.setattr(GraphSteps, "min_length_bucket", 16)
     steps = GraphSteps.try_enable(loop, max_batch=5, max_len=64, mode="simulate")
     assert steps is not None
-    assert sorted(steps._talker) == sorted(steps._predictor) == [1, 2, 4, 8]
+    every = [(size, length) for size in (1, 2, 4, 8) for length in (16, 32, 64)]
+    assert sorted(steps._graphs) == every
+    used = []
+    run_frame = GraphSteps.frame
+    monkeypatch.setattr(
+        steps,
+        "frame",
+        lambda live, step, prompt_len, need_next: (
+            used.append((len(live.rows), prompt_len + step))
+            or run_frame(steps, live, step, prompt_len, need_next=need_next)
+        ),
+    )
     captures = []
     monkeypatch.setattr(steps, "_capture", lambda *a: captures.append(a))
     # Requests with every kind of sampling setting: tensor inputs, not graph keys.
@@ -117,37 +128,55 @@ def test_warm_up_captures_every_bucket_and_requests_capture_nothing(loop, monkey
     with torch.inference_mode():
         eager = [s.codes.clone() for s in loop.run(prompts, pad, [3, 4, 5, 6, 7], settings, [1, 2, 3, 4, 5])]
     assert captures == []
-    assert sorted(steps._predictor) == [1, 2, 4, 8]
+    assert not steps._missing_logged  # every frame replayed a graph, none fell back to eager
+    assert sorted(steps._graphs) == every
+    # Frames 0-6 at slots 11-17: the 16-slot graphs, then the 32-slot ones; the batch shrinking 5, 4, 3, 2, 1.
+    assert used == [(5, 11), (5, 12), (5, 13), (4, 14), (3, 15), (2, 16), (1, 17)]
     assert len(graphed) == len(eager) == 7
     assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(graphed, eager, strict=True))
 
 
 def test_a_replay_that_differs_from_eager_is_logged_and_stays_eager(loop, monkeypatch, caplog):
-    real = GraphSteps._talker_graph
+    real = GraphSteps._frame_graph
 
-    def skewed(self, size):
-        run, inputs = real(self, size)
-        if self.mode == "bodies":
-            return run, inputs
+    def skewed(self, size, length):
+        run = real(self, size, length)
+        if self.mode == "bodies" or length < 32:
+            return run
+        return lambda: run() + 1  # the 32-slot graphs' codes are off by one
 
-        def off():
-            hidden, logits = run()
-            return hidden, logits + torch.linspace(0, 100, logits.shape[-1])
-
-        return off, inputs
-
-    monkeypatch.setattr(GraphSteps, "_talker_graph", skewed)
+    monkeypatch.setattr(GraphSteps, "min_length_bucket", 16)
+    monkeypatch.setattr(GraphSteps, "_frame_graph", skewed)
     with caplog.at_level(logging.WARNING, logger="audio.engine.graphs"):
         assert GraphSteps.try_enable(loop, max_batch=2, max_len=64, mode="simulate") is None
-    assert "replay differs from eager at batch 1 (greedy); running eager" in caplog.text
+    assert "replay differs from eager at batch 1, 32 slots (greedy); running eager" in caplog.text
 
 
 def test_a_capture_that_fails_is_logged_and_stays_eager(loop, monkeypatch, caplog):
-    def broken(self, size):
+    def broken(self, size, length):
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(GraphSteps, "_predictor_graph", broken)
+    monkeypatch.setattr(GraphSteps, "_frame_graph", broken)
     with caplog.at_level(logging.WARNING, logger="audio.engine.graphs"):
         assert GraphSteps.try_enable(loop, max_batch=2, max_len=64, mode="simulate") is None
     assert "CUDA graphs disabled (RuntimeError: operation not permitted when stream is capturing)" in caplog.text
     assert GraphSteps.try_enable(loop, max_batch=2, max_len=64) is None  # "graphs" without CUDA: eager, silently
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("checkpoint", ["tiny", "real-structure"])
+def test_the_warm_up_check_replays_every_graph_greedy_and_sampled(loops, checkpoint, monkeypatch):
+    class Hits(GraphSteps):
+        min_length_bucket = 16
+        hits: list[tuple[int, int, int]] = []
+
+        def frame(self, live, step, prompt_len, *, need_next):
+            if self.mode == "simulate":
+                key = (bucket_for(len(live.rows)), self.length_for(prompt_len + step + 1))
+                self.hits.append((*key, int(live.warp.top_k.max())))
+            return super().frame(live, step, prompt_len, need_next=need_next)
+
+    steps = Hits.try_enable(loops[checkpoint], max_batch=3, max_len=64, mode="simulate")
+    assert steps is not None and not steps._missing_logged
+    greedy, sampled = {h[:2] for h in Hits.hits if h[2] == 1}, {h[:2] for h in Hits.hits if h[2] > 1}
+    assert greedy == sampled == {(size, length) for size in (1, 2, 4) for length in (16, 32, 64)}

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from audio.engine.decode_loop import MAX_READS_IN_FLIGHT, EagerSteps, RowPrompt
+from audio.engine.graphs import GraphSteps
 from audio.engine.host_reads import HostRead, HostReader
 from audio.engine.sampling import RowSampling
 from audio.model_loader import ModelCache
@@ -50,9 +51,25 @@ class CountingSteps(EagerSteps):
         super().__init__(loop)
         self.batches: list[int] = []
 
-    def code_pass(self, live, step):
+    def frame(self, live, step, prompt_len, *, need_next):
         self.batches.append(live.hidden.shape[0])
-        return super().code_pass(live, step)
+        return super().frame(live, step, prompt_len, need_next=need_next)
+
+
+class CountingGraphSteps(GraphSteps):
+    """One graph per frame in "simulate" mode (capture order, bodies as replays), over 16-, 32- and 64-slot spans;
+    records batch sizes like `CountingSteps`."""
+
+    min_length_bucket = 16
+
+    def __init__(self, loop):
+        super().__init__(loop, max_batch=8, max_len=64)
+        self.use_mode("simulate")
+        self.batches: list[int] = []
+
+    def frame(self, live, step, prompt_len, *, need_next):
+        self.batches.append(live.hidden.shape[0])
+        return super().frame(live, step, prompt_len, need_next=need_next)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +77,9 @@ def loop(live_eos_model_dir):
     return ModelCache(engine_settings(live_eos_model_dir, QWEN_TTS_CUDA_GRAPHS="off")).get("0.6B-CustomVoice").loop
 
 
-def _run(loop, *, reader=HostReader, every=1, sampled=False, stop_at=None, batch=6, budget=40):
+def _run(
+    loop, *, reader=HostReader, every=1, sampled=False, stop_at=None, batch=6, budget=40, steps_type=CountingSteps
+):
     """Codes per row of a fixed generation; the code-predictor batch sizes; `stop_at` {row: frames}: a guard that
     stops the row once it has seen that many of its frames."""
     embedding, device = loop.talker.model.codec_embedding, loop.device
@@ -72,7 +91,7 @@ def _run(loop, *, reader=HostReader, every=1, sampled=False, stop_at=None, batch
     ]
     pad = embedding(torch.tensor([0], device=device)).reshape(1, 1, -1)
     sampling = RowSampling() if sampled else RowSampling(do_sample=False, sub_do_sample=False)
-    steps = CountingSteps(loop)
+    steps = steps_type(loop)
     previous = (loop.steps, loop.reader_factory, loop.read_every_frames)
     loop.steps, loop.reader_factory, loop.read_every_frames = steps, reader, every
     rows: list[list[list[int]]] = [[] for _ in range(batch)]
@@ -91,6 +110,7 @@ def _run(loop, *, reader=HostReader, every=1, sampled=False, stop_at=None, batch
                 stop = {r for r in step.rows if stop_at and len(rows[r]) == stop_at.get(r)} or None
     finally:
         loop.steps, loop.reader_factory, loop.read_every_frames = previous
+    assert not getattr(steps, "_missing_logged", False)  # graph steps: every frame replayed a graph
     return rows, steps.batches
 
 
@@ -125,6 +145,23 @@ def test_a_guard_still_stops_its_row_at_the_frame_it_saw(loop, every, lag, monke
     assert [len(r) for r in stopped] == [len(plain[0]), 5, len(plain[2]), 9, len(plain[4]), len(plain[5])]
     for row in range(6):
         assert stopped[row] == plain[row][: len(stopped[row])]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("every,lag", [(1, 0), (4, 3)], ids=["read-every-frame", "read-every-4-landing-late"])
+def test_one_graph_per_frame_equals_the_eager_loop(loop, sampled, every, lag, monkeypatch):
+    """Rows ending at EOS at different frames, a guard stopping two, the batch shrinking through every bucket and
+    the frames crossing the 16- and 32-slot spans: the frame graphs' codes equal the eager loop's, row by row."""
+    monkeypatch.setattr(LaggingReader, "lag", lag)
+    stop_at = {1: 5, 3: 9}
+    want, want_batches = _run(loop, reader=LaggingReader, every=every, sampled=sampled, stop_at=stop_at)
+    got, batches = _run(
+        loop, reader=LaggingReader, every=every, sampled=sampled, stop_at=stop_at, steps_type=CountingGraphSteps
+    )
+    assert len(set(map(len, want))) > 2
+    assert got == want
+    assert batches == want_batches and batches[0] == 6 and batches[-1] == 1
 
 
 def test_reads_on_cpu_land_at_once_and_uploads_stay_on_the_device():

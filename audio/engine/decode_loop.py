@@ -8,7 +8,9 @@ no mask or rotary rebuilding per step: rotary tables are computed once with the 
 embeddings (qwen's 3-D rope with all three position rows equal, which is what its talker feeds), positions
 are each row's own (left padding shifts nothing), masks are views of one validity table.
 
-Rows finish at EOS or at their own frame budget. The budget is known on the host, so such a row leaves every
+A frame is one call, `steps.frame`: the code predictor's pass, then the talker step that the next frame starts
+from (`EagerSteps`; `audio.engine.graphs` replays the same body as one CUDA graph). Rows finish at EOS or at
+their own frame budget. The budget is known on the host, so such a row leaves every
 batch tensor at its last frame. EOS is not: each row's EOS frame is recorded on the device, and the host reads
 it (with the frames' first-codebook tokens, for the guard) every `READ_EVERY_FRAMES` frames without stopping the
 device (`audio.engine.host_reads`: pinned memory and an event on CUDA). Until a read lands, a row past its EOS
@@ -118,7 +120,8 @@ class Layer:
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """`x` [B, T, H] at cache slots `slot..slot+T`; attends to slots `..slot+T` under `mask` (None: causal).
-        With a tensor `slot` (one position) it attends to the whole cache under `mask`."""
+        With a tensor `slot` (one position) it attends to the cache's first `mask.shape[-1]` slots under `mask`
+        (a graph's length bucket: the live slots, rounded up)."""
         batch, length, _ = x.shape
         h = rms_norm(x, self.ln1, self.eps)
         qkv = F.linear(h, self.qkv, self.qkv_bias).view(batch, length, -1, self.head_dim)
@@ -131,10 +134,11 @@ class Layer:
             k_cache[:, :, slot:end] = k
             v_cache[:, :, slot:end] = v.transpose(1, 2)
             keys, values = k_cache[:, :, :end], v_cache[:, :, :end]
-        else:  # graph-friendly: the slot is a tensor, attention spans the whole cache under `mask`
+        else:  # graph-friendly: the slot is a tensor, attention spans the mask's slots
             k_cache.index_copy_(2, slot, k)
             v_cache.index_copy_(2, slot, v.transpose(1, 2))
-            keys, values = k_cache, v_cache
+            span = mask.shape[-1]
+            keys, values = k_cache[:, :, :span], v_cache[:, :, :span]
         if length == 1:
             out = attend_one(q, keys, values, mask, self.scaling)
         elif mask is None:  # the code predictor's causal prefill: flash takes grouped queries without a mask
@@ -265,12 +269,24 @@ class FrameLoop:
         hidden = rms_norm(hidden, self.norm, self.eps)
         return hidden, F.linear(hidden, self.codec_head).float()
 
-    def _first_code(self, logits: torch.Tensor, step: int, live: _Rows, uniforms: torch.Tensor) -> torch.Tensor:
-        logits = apply_repetition_penalty(logits, live.seen, live.penalty)
-        logits = logits.masked_fill(self.suppress_eos if step < self.min_new_tokens else self.suppress, float("-inf"))
-        code = warp_and_sample(logits, live.warp, uniforms)
-        live.seen.scatter_(1, code.unsqueeze(1), True)
+    def first_code(
+        self,
+        logits: torch.Tensor,
+        seen: torch.Tensor,
+        penalty: torch.Tensor,
+        suppress: torch.Tensor,
+        warp: Warp,
+        uniforms: torch.Tensor,
+    ) -> torch.Tensor:
+        """The next first-codebook id per row; marks it in `seen` (in place)."""
+        logits = apply_repetition_penalty(logits, seen, penalty).masked_fill(suppress, float("-inf"))
+        code = warp_and_sample(logits, warp, uniforms)
+        seen.scatter_(1, code.unsqueeze(1), True)
         return code
+
+    def suppressed(self, step: int) -> torch.Tensor:
+        """The ids barred at frame `step`: EOS too before `min_new_tokens` frames."""
+        return self.suppress_eos if step < self.min_new_tokens else self.suppress
 
     @torch.inference_mode()
     def run(
@@ -285,7 +301,7 @@ class FrameLoop:
         iterator stops the generation (cancellation); sending it a set of rows ends those rows after this step."""
         prompt_len, max_frames = max(p.embeds.shape[0] for p in prompts), max(budgets)
         x, live = self._prefill_state(prompts, pad_embed, budgets, sampling, seeds, prompt_len, max_frames)
-        cos_table, sin_table = self.rope(prompt_len + max_frames)
+        cos_table, sin_table = self.rope(prompt_len + max_frames)  # grown once: the frames slice it
         cos = cos_table[live.positions[:, :prompt_len]].unsqueeze(1)
         sin = sin_table[live.positions[:, :prompt_len]].unsqueeze(1)
         causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=self.device).tril_()
@@ -295,30 +311,26 @@ class FrameLoop:
         for layer, layer_cache in zip(self.layers, live.cache, strict=True):
             x = layer(x, cos, sin, layer_cache, 0, mask)
         live.hidden, logits = self.head(x[:, -1])
-        live.first = self._first_code(logits, 0, live, live.uniforms[:, 0, 0])
+        live.first = self.first_code(
+            logits, live.seen, live.penalty, self.suppressed(0), live.warp, live.uniforms[:, 0, 0]
+        )
 
         out = _Outbox(self.reader_factory(self.device), len(prompts), self.device, self.read_every_frames)
         for step in range(max_frames):
             out.mark_ends(live, step, self.eos)
-            residual, frame_embed = self.steps.code_pass(live, step)
-            out.add(Step(step, live.rows, torch.cat((live.first.unsqueeze(1), residual), dim=1)))
+            # One call per frame: its codes, and the talker step that starts the next frame (skipped, where it
+            # can be, once no row can need it).
+            need_next = any(out.goes_on(row, b, step) for row, b in zip(live.rows, live.budget, strict=True))
+            out.add(Step(step, live.rows, self.steps.frame(live, step, prompt_len, need_next=need_next)))
             yield from out.hand_out()
-            # Rows whose budget is spent need no next token, nor do rows the host knows ended or a guard stopped.
+            # Rows whose budget is spent need no next frame, nor do rows the host knows ended or a guard stopped.
             going_on = [
                 i for i, (row, b) in enumerate(zip(live.rows, live.budget, strict=True)) if out.goes_on(row, b, step)
             ]
             if len(going_on) < len(live.rows):
                 if not going_on:
                     break
-                index = out.reader.upload(going_on)
-                live = live.keep(going_on, index)
-                frame_embed = frame_embed[index]
-            slot = prompt_len + step
-            x = (frame_embed + live.trailing[:, step]).unsqueeze(1)
-            cos = cos_table[live.positions[:, slot]].view(-1, 1, 1, cos_table.shape[-1])
-            sin = sin_table[live.positions[:, slot]].view(-1, 1, 1, sin_table.shape[-1])
-            live.hidden, logits = self.steps.talker_step(live, x, cos, sin, slot)
-            live.first = self._first_code(logits, step + 1, live, live.uniforms[:, step + 1, 0])
+                live = live.keep(going_on, out.reader.upload(going_on))
         yield from out.finish()
 
     def _prefill_state(
@@ -353,6 +365,7 @@ class FrameLoop:
             rows=list(range(batch)),
             row_index=torch.arange(batch, device=device),
             budget=list(budgets),
+            pads=pads.squeeze(1),
             valid=slots >= pads,
             positions=(slots - pads).clamp_(min=0),
             trailing=trailing,
@@ -376,6 +389,7 @@ class _Rows:
     rows: list[int]  # each live row's position in the original batch
     row_index: torch.Tensor  # the same, on the device
     budget: list[int]  # each live row's frame budget
+    pads: torch.Tensor  # [B] each row's left padding: its first valid cache slot
     valid: torch.Tensor  # [B, total] cache slots a row may attend to
     positions: torch.Tensor  # [B, total] each slot's rope position for the row
     trailing: torch.Tensor  # [B, frames, H]
@@ -396,6 +410,7 @@ class _Rows:
             rows=[self.rows[i] for i in indices],
             row_index=pick(self.row_index),
             budget=[self.budget[i] for i in indices],
+            pads=pick(self.pads),
             valid=pick(self.valid),
             positions=pick(self.positions),
             trailing=pick(self.trailing),
@@ -505,7 +520,7 @@ class _Outbox:
 
 
 class EagerSteps:
-    """The loop's two per-frame computations and its cache handling, run eagerly."""
+    """The loop's per-frame computation and its cache handling, run eagerly."""
 
     def __init__(self, loop: FrameLoop):
         self.loop = loop
@@ -516,13 +531,24 @@ class EagerSteps:
     def select_cache(self, cache: list[tuple[torch.Tensor, torch.Tensor]], keep: torch.Tensor) -> list[tuple]:
         return [(k[keep], v[keep]) for k, v in cache]
 
-    def code_pass(self, live: _Rows, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.loop.code_predictor(live.hidden, live.first, live.uniforms[:, step, 1:], live.sub_warp)
-
-    def talker_step(
-        self, live: _Rows, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        mask = live.valid[:, None, None, : slot + 1]
-        for layer, layer_cache in zip(self.loop.layers, live.cache, strict=True):
-            x = layer(x, cos, sin, layer_cache, slot, mask)
-        return self.loop.head(x[:, -1])
+    def frame(self, live: _Rows, step: int, prompt_len: int, *, need_next: bool) -> torch.Tensor:
+        """Frame `step`'s codes [B, groups] (the code predictor's pass over the rows' last hidden state and first
+        code); then, with `need_next`, the talker step of that frame's embeddings, which leaves the next hidden
+        state and first code in `live`."""
+        loop = self.loop
+        residual, frame_embed = loop.code_predictor(live.hidden, live.first, live.uniforms[:, step, 1:], live.sub_warp)
+        codes = torch.cat((live.first.unsqueeze(1), residual), dim=1)
+        if need_next:
+            slot = prompt_len + step
+            x = (frame_embed + live.trailing[:, step]).unsqueeze(1)
+            cos_table, sin_table = loop.rope(slot + 1)
+            cos = cos_table[live.positions[:, slot]].view(-1, 1, 1, cos_table.shape[-1])
+            sin = sin_table[live.positions[:, slot]].view(-1, 1, 1, sin_table.shape[-1])
+            mask = live.valid[:, None, None, : slot + 1]
+            for layer, layer_cache in zip(loop.layers, live.cache, strict=True):
+                x = layer(x, cos, sin, layer_cache, slot, mask)
+            live.hidden, logits = loop.head(x[:, -1])
+            live.first = loop.first_code(
+                logits, live.seen, live.penalty, loop.suppressed(step + 1), live.warp, live.uniforms[:, step + 1, 0]
+            )
+        return codes

@@ -1,24 +1,32 @@
-"""CUDA graphs for the fast engine: the code predictor's whole pass and the talker step, replayed per batch bucket.
+"""CUDA graphs for the fast engine: one graph per frame, replayed per (batch, length) bucket.
 
-On CUDA a frame is ~20 small kernels per layer, 15 code-predictor passes and a talker step: launch-bound, which
-is what graphs remove. One graph per batch-size bucket (1, 2, 4, ... up to the configured max batch; rows past
-the live ones are padding, computed and ignored) for each computation, all captured at warm-up and never inside
-a request, over static buffers: one KV cache of `max_batch` x `max_len` shared by every bucket (the live rows
-are always its first rows), inputs copied in before each replay, outputs read from the graph's own tensors. The
-talker step writes the cache at a tensor slot and attends to the whole cache under a mask, so one graph serves
-every step; sampling settings are tensor inputs of the predictor's graph (the general top-k / top-p path, which
-selects exactly what the specialised eager path selects), so the set of graphs is bounded by the buckets. A
-call that doesn't fit (more rows or tokens than the buffers) runs eagerly.
+Eager, a frame of the 1.7B model is ~5,900 small kernels (28 talker layers, 15 code-predictor passes of 5 layers,
+sampling): launch-bound, which is what a graph removes. One replay does the whole frame: the code predictor's 15
+steps with their sampling, the sum of the frame's codebook embeddings plus the trailing text, the talker step, and
+the next frame's first-codebook sampling (repetition penalty, EOS barred before `min_new_tokens` through a step
+tensor, suppressed ids). Every sampling setting and each row's uniforms are tensors (the general top-k / top-p
+path, which selects exactly what the specialised eager path selects), so the graph set is bounded by the buckets:
+batch sizes 1, 2, 4, ... up to the configured max batch (rows past the live ones are padding, computed and
+ignored), times length buckets 256, 512, ... up to `max_len` slots: a step attends over the live slots rounded up
+to a bucket, not the whole cache. The attention mask is built inside the graph from each row's left padding and
+the slot (fused kernels take it: query heads are folded onto their KV heads, `decode_loop.attend_one`).
 
-Capture never touches live state: the warm-up runs that precede a capture execute the talker body, which writes
-K/V at its static slot into the shared cache, so the cache entries that slot covers are saved first and
-restored after (`_scratch`). Before this, a bucket was captured on first use, with rows in flight and before
-their inputs were copied in, and K/V of zeros landed in slot 0 of every live row (`tests/test_graph_capture.py`).
+Graphs run over static buffers: one KV cache of `max_batch` x `max_len` shared by every graph (the live rows are
+always its first rows), and per batch bucket the rows' state (last hidden state, first code, ids seen, sampling
+settings, left padding), which each replay updates in place. The live rows adopt those buffers, so a frame copies
+in only its uniforms, trailing-text embedding, rope position and slot, and copies its codes out; the state is
+copied in again only when the rows change (the batch shrinks). A call that doesn't fit the buffers runs eagerly.
 
-`GraphSteps.try_enable` captures every bucket, then checks replay against the same bodies run eagerly on a fixed
-greedy and a fixed sampled generation per bucket; on a capture error or any mismatch it logs why and the loop
-stays eager. `mode="simulate"` runs the capture's order of operations on CPU (the warm-up calls, then the body
-in place of replay), which is how CI tests it; real capture needs a GPU (`scripts/gpu_check.sh`).
+Everything is captured at warm-up, never inside a request, and capture never touches live state: its warm-up runs
+execute the body, which writes the bucket's buffers and K/V at the static slot of the shared cache, so those are
+saved first and restored after (`_scratch`). Before this, a bucket was captured on first use, with rows in flight,
+and K/V of zeros landed in slot 0 of every live row (`tests/test_graph_capture.py`).
+
+`GraphSteps.try_enable` captures every graph, then checks each one's replay against its body run eagerly on a fixed
+greedy and a fixed sampled generation whose frames fall in its length bucket; on a capture error or any mismatch it
+logs why and the loop stays eager. `mode="simulate"` runs the capture's order of operations on CPU (the warm-up
+calls, then the body in place of replay), which is how CI tests it; real capture needs a GPU
+(`scripts/gpu_check.sh`).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -56,31 +65,34 @@ class GraphSteps(EagerSteps):
     baseline) or "simulate" (the capture's warm-up calls, then the body as the replay: capture order on CPU)."""
 
     protect_live_state = True  # tests turn this off to show what capture did to live rows without `_scratch`
+    min_length_bucket = 256  # the shortest span a frame graph attends over (tests use shorter ones)
 
     def __init__(self, loop: FrameLoop, *, max_batch: int, max_len: int):
         super().__init__(loop)
         self.max_batch = bucket_for(max_batch)
         self.max_len = max_len
+        self.lengths = length_buckets(max_len, self.min_length_bucket)
         self.cache = _new_cache(loop.layers, self.max_batch, max_len, loop.codec_head)
+        self.cos, self.sin = loop.rope(max_len)  # held here: a graph reads these tensors, whatever the loop grows
         self.pool: Any = None  # one memory pool for all of this loop's graphs, made at the first capture
         self.mode: Mode = "graphs"
-        self._talker: dict[int, tuple[Callable[[], Any], dict[str, torch.Tensor]]] = {}
-        self._predictor: dict[int, tuple[Callable[[], Any], dict[str, torch.Tensor]]] = {}
+        self._inputs: dict[int, dict[str, torch.Tensor]] = {}  # per batch bucket, shared by its length buckets
+        self._graphs: dict[tuple[int, int], Callable[[], torch.Tensor]] = {}  # (batch, length) bucket -> run
         self._missing_logged = False
 
     def capture_all(self) -> None:
-        """Every bucket's two graphs (in "bodies" mode: their bodies). Done at warm-up, never inside a request."""
+        """Every (batch, length) bucket's frame graph (in "bodies" mode: its body). Done at warm-up, never
+        inside a request."""
         for size in buckets_up_to(self.max_batch):
-            self.capture_bucket(size)
+            for length in self.lengths:
+                self.capture_bucket(size, length)
 
-    def capture_bucket(self, size: int) -> None:
-        self._talker[size] = self._talker_graph(size)
-        self._predictor[size] = self._predictor_graph(size)
+    def capture_bucket(self, size: int, length: int) -> None:
+        self._graphs[size, length] = self._frame_graph(size, length)
 
-    def _eager_fallback(self, size: int) -> None:
-        if not self._missing_logged:
-            log.warning("no CUDA graph for a batch of %d rows (bucket %d): running eagerly", size, size)
-            self._missing_logged = True
+    def length_for(self, slots: int) -> int:
+        """The shortest length bucket spanning `slots` cache slots."""
+        return next(n for n in self.lengths if n >= slots)
 
     # -- cache ------------------------------------------------------------------------------------------------
     def new_cache(self, batch: int, total: int, like: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -103,103 +115,127 @@ class GraphSteps(EagerSteps):
             v[:n] = v[keep]
         return [(k[:n], v[:n]) for k, v in self.cache]
 
-    # -- the two graphed computations -------------------------------------------------------------------------
-    def talker_step(
-        self, live: _Rows, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    # -- the frame ------------------------------------------------------------------------------------------------
+    def frame(self, live: _Rows, step: int, prompt_len: int, *, need_next: bool) -> torch.Tensor:
         if not self._static(live.cache):
-            return super().talker_step(live, x, cos, sin, slot)
-        n = x.shape[0]
-        size = bucket_for(n)
-        if size not in self._talker:
-            self._eager_fallback(size)
-            return super().talker_step(live, x, cos, sin, slot)
-        run, inputs = self._talker[size]
-        inputs["x"][:n] = x
-        inputs["cos"][:n] = cos
-        inputs["sin"][:n] = sin
-        inputs["slot"].fill_(slot)
-        mask = inputs["mask"]
-        mask.zero_()
-        mask[:n, :, :, : slot + 1] = live.valid[:, None, None, : slot + 1]
-        mask[n:, :, :, 0] = True  # padding rows attend to one slot, so they stay finite
-        hidden, logits = run()
-        return hidden[:n], logits[:n]
+            return super().frame(live, step, prompt_len, need_next=need_next)
+        n = len(live.rows)
+        size, slot = bucket_for(n), prompt_len + step
+        run = self._graphs.get((size, self.length_for(slot + 1)))
+        if run is None:
+            if not self._missing_logged:
+                log.warning("no CUDA graph for a batch of %d rows at slot %d: running eagerly", n, slot)
+                self._missing_logged = True
+            return super().frame(live, step, prompt_len, need_next=need_next)
+        inputs = self._inputs[size]
+        self._feed(inputs, live, n, step, slot)
+        codes = run()
+        # The rows' state now lives in the bucket's buffers (updated in place by every replay): nothing to copy
+        # in for the next frame unless the rows change.
+        live.hidden, live.first, live.seen = inputs["hidden"][:n], inputs["first"][:n], inputs["seen"][:n]
+        return codes[:n].clone()  # the graph's output is overwritten by the next replay
 
-    def code_pass(self, live: _Rows, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self._static(live.cache):
-            return super().code_pass(live, step)
-        n = live.hidden.shape[0]
-        size = bucket_for(n)
-        warp = live.sub_warp
-        if size not in self._predictor:
-            self._eager_fallback(size)
-            return super().code_pass(live, step)
-        run, inputs = self._predictor[size]
-        inputs["hidden"][:n] = live.hidden
-        inputs["first"][:n] = live.first
-        inputs["uniforms"][:n] = live.uniforms[:, step, 1:]
-        inputs["temperature"][:n] = warp.temperature
-        inputs["top_k"][:n] = warp.top_k
-        inputs["top_p"][:n] = warp.top_p
-        codes, embeds = run()
-        return codes[:n], embeds[:n]
+    def _feed(self, inputs: dict[str, torch.Tensor], live: _Rows, n: int, step: int, slot: int) -> None:
+        """Copy the frame's inputs in; the rows' state and settings only when they are not the buffers already."""
+        held = {
+            "hidden": live.hidden,
+            "first": live.first,
+            "seen": live.seen,
+            "penalty": live.penalty,
+            "temperature": live.warp.temperature,
+            "top_k": live.warp.top_k,
+            "top_p": live.warp.top_p,
+            "sub_temperature": live.sub_warp.temperature,
+            "sub_top_k": live.sub_warp.top_k,
+            "sub_top_p": live.sub_warp.top_p,
+            "pad": live.pads,
+        }
+        for name, value in held.items():
+            if value.data_ptr() != inputs[name].data_ptr() or value.shape[0] != n:
+                if name == "pad":
+                    inputs["pad"].zero_()  # padding rows attend from slot 0: never a row with nothing to attend to
+                inputs[name][:n] = value
+        live.penalty = inputs["penalty"][:n]
+        live.pads = inputs["pad"][:n]
+        live.warp = _warp_view(live.warp, inputs, "", n)
+        live.sub_warp = _warp_view(live.sub_warp, inputs, "sub_", n)
+        inputs["uniforms"][:n] = live.uniforms[:, step : step + 2]
+        inputs["trailing"][:n] = live.trailing[:, step]
+        inputs["position"][:n] = live.positions[:, slot]
+        inputs["slot"].fill_(slot)
+        inputs["next_step"].fill_(step + 1)
+
+    def _bucket_inputs(self, size: int) -> dict[str, torch.Tensor]:
+        if size not in self._inputs:
+            loop = self.loop
+            like = loop.codec_head
+            device, hidden_size = like.device, like.shape[1]
+            ones, longs = dict(device=device), dict(dtype=torch.long, device=device)
+            self._inputs[size] = {
+                "hidden": like.new_zeros(size, hidden_size),
+                "first": torch.zeros(size, **longs),
+                "seen": torch.zeros(size, loop.vocab, dtype=torch.bool, device=device),
+                "penalty": torch.ones(size, 1, **ones),
+                "temperature": torch.ones(size, 1, **ones),
+                "top_k": torch.ones(size, 1, **longs),
+                "top_p": torch.ones(size, 1, **ones),
+                "sub_temperature": torch.ones(size, 1, **ones),
+                "sub_top_k": torch.ones(size, 1, **longs),
+                "sub_top_p": torch.ones(size, 1, **ones),
+                "pad": torch.zeros(size, **longs),
+                "uniforms": torch.zeros(size, 2, loop.groups, **ones),  # this frame's, then the next frame's
+                "trailing": like.new_zeros(size, hidden_size),
+                "position": torch.zeros(size, **longs),
+                "slot": torch.zeros(1, **longs),
+                "next_step": torch.zeros(1, **longs),
+            }
+        return self._inputs[size]
+
+    def _frame_graph(self, size: int, length: int) -> Callable[[], torch.Tensor]:
+        """The frame body over the bucket's buffers: the code predictor's 15 steps, the frame's embedding sum plus
+        the trailing text, the talker step attending over the first `length` slots, first-codebook sampling. Every
+        sampling setting is a tensor (the general top-k / top-p path, which keeps exactly what the specialised
+        eager path keeps), so the graphs are bounded by the buckets."""
+        loop = self.loop
+        inputs = self._bucket_inputs(size)
+        cache = [(k[:size], v[:size]) for k, v in self.cache]
+        cos_table, sin_table = self.cos, self.sin
+        key_slots = torch.arange(length, device=loop.device)
+        warp = Warp(inputs["temperature"], inputs["top_k"], inputs["top_p"], True, True, loop.vocab, False)
+        cp_vocab = loop.code_predictor.heads[0].shape[0]
+        sub_warp = Warp(
+            inputs["sub_temperature"], inputs["sub_top_k"], inputs["sub_top_p"], True, True, cp_vocab, False
+        )
+
+        def body() -> torch.Tensor:
+            first, uniforms = inputs["first"], inputs["uniforms"]
+            residual, frame_embed = loop.code_predictor(inputs["hidden"], first, uniforms[:, 0, 1:], sub_warp)
+            codes = torch.cat((first.unsqueeze(1), residual), dim=1)
+            x = (frame_embed + inputs["trailing"]).unsqueeze(1)
+            cos = cos_table[inputs["position"]].view(size, 1, 1, -1)
+            sin = sin_table[inputs["position"]].view(size, 1, 1, -1)
+            mask = ((key_slots >= inputs["pad"].unsqueeze(1)) & (key_slots <= inputs["slot"])).view(size, 1, 1, -1)
+            for layer, layer_cache in zip(loop.layers, cache, strict=True):
+                x = layer(x, cos, sin, layer_cache, inputs["slot"], mask)
+            hidden, logits = loop.head(x[:, -1])
+            suppress = torch.where(inputs["next_step"] < loop.min_new_tokens, loop.suppress_eos, loop.suppress)
+            nxt = loop.first_code(logits, inputs["seen"], inputs["penalty"], suppress, warp, uniforms[:, 1, 0])
+            inputs["hidden"].copy_(hidden)
+            inputs["first"].copy_(nxt)
+            return codes
+
+        return self._capture(body, inputs)
 
     # -- capture ------------------------------------------------------------------------------------------------
-    def _talker_graph(self, size: int) -> tuple[Callable[[], Any], dict[str, torch.Tensor]]:
-        loop = self.loop
-        like = loop.codec_head
-        hidden_size, head_dim = like.shape[1], loop.layers[0].head_dim
-        inputs = {
-            "x": like.new_zeros(size, 1, hidden_size),
-            "cos": like.new_ones(size, 1, 1, head_dim),
-            "sin": like.new_zeros(size, 1, 1, head_dim),
-            "slot": torch.zeros(1, dtype=torch.long, device=like.device),
-            "mask": torch.zeros(size, 1, 1, self.max_len, dtype=torch.bool, device=like.device),
-        }
-        cache = [(k[:size], v[:size]) for k, v in self.cache]
-
-        def body() -> tuple[torch.Tensor, torch.Tensor]:
-            x = inputs["x"]
-            for layer, layer_cache in zip(loop.layers, cache, strict=True):
-                x = layer(x, inputs["cos"], inputs["sin"], layer_cache, inputs["slot"], inputs["mask"])
-            return loop.head(x[:, -1])
-
-        return self._capture(body, inputs)
-
-    def _predictor_graph(self, size: int) -> tuple[Callable[[], Any], dict[str, torch.Tensor]]:
-        loop = self.loop
-        like = loop.codec_head
-        device = like.device
-        inputs = {
-            "hidden": like.new_zeros(size, like.shape[1]),
-            "first": torch.zeros(size, dtype=torch.long, device=device),
-            "uniforms": torch.zeros(size, loop.groups - 1, device=device),
-            "temperature": torch.ones(size, 1, device=device),
-            "top_k": torch.ones(size, 1, dtype=torch.long, device=device),
-            "top_p": torch.ones(size, 1, device=device),
-        }
-        vocab = loop.code_predictor.heads[0].shape[0]
-        # The general path (any k per row, top-p always applied): with k = 1 or p = 1 it keeps exactly what the
-        # specialised eager path keeps, so the graph needs no sampling settings as keys.
-        warp = Warp(inputs["temperature"], inputs["top_k"], inputs["top_p"], True, True, vocab, False)
-
-        def body() -> tuple[torch.Tensor, torch.Tensor]:
-            return loop.code_predictor(inputs["hidden"], inputs["first"], inputs["uniforms"], warp)
-
-        return self._capture(body, inputs)
-
-    def _capture(
-        self, body: Callable[[], Any], inputs: dict[str, torch.Tensor]
-    ) -> tuple[Callable[[], Any], dict[str, torch.Tensor]]:
-        """`(run, inputs)`: copy into `inputs`, then `run()` returns the outputs (a graph's own tensors)."""
+    def _capture(self, body: Callable[[], Any], inputs: dict[str, torch.Tensor]) -> Callable[[], Any]:
+        """`run`: copy into `inputs`, then `run()` returns the outputs (a graph's own tensors)."""
         if self.mode == "bodies":
-            return body, inputs
+            return body
         if self.mode == "simulate":
             with self._scratch(inputs):
                 for _ in range(WARMUP_RUNS):
                     body()
-            return body, inputs
+            return body
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         with self._scratch(inputs):
@@ -219,21 +255,24 @@ class GraphSteps(EagerSteps):
             graph.replay()
             return outputs
 
-        return replay, inputs
+        return replay
 
     @contextlib.contextmanager
     def _scratch(self, inputs: dict[str, torch.Tensor]) -> Iterator[None]:
-        """The shared cache as it was before: the warm-up runs write K/V at the static slot of the bucket's
-        rows, which may be live rows' entries. The predictor's body writes only its own buffers."""
-        if "slot" not in inputs or not self.protect_live_state:
+        """The bucket's buffers and the shared cache as they were before: the warm-up runs update the rows' state
+        in the buffers and write K/V at the static slot of the bucket's rows, which may be live rows' entries."""
+        if not self.protect_live_state:
             yield
             return
-        slot, size = inputs["slot"], inputs["x"].shape[0]
-        saved = [(k[:size].index_select(2, slot), v[:size].index_select(2, slot)) for k, v in self.cache]
+        slot, size = inputs["slot"], inputs["hidden"].shape[0]
+        saved = {name: t.clone() for name, t in inputs.items()}
+        saved_kv = [(k[:size].index_select(2, slot), v[:size].index_select(2, slot)) for k, v in self.cache]
         try:
             yield
         finally:
-            for (k, v), (k_saved, v_saved) in zip(self.cache, saved, strict=True):
+            for name, t in inputs.items():
+                t.copy_(saved[name])
+            for (k, v), (k_saved, v_saved) in zip(self.cache, saved_kv, strict=True):
                 k[:size].index_copy_(2, slot, k_saved)
                 v[:size].index_copy_(2, slot, v_saved)
 
@@ -252,27 +291,48 @@ class GraphSteps(EagerSteps):
             return None
 
     def check(self, mode: Mode = "graphs") -> bool:
-        """Capture every bucket in `mode` and compare a fixed greedy and a fixed sampled generation per bucket
-        (all its rows live) with the same bodies run eagerly; logs and returns False on the first mismatch."""
-        runs = [(size, sampled) for size in buckets_up_to(self.max_batch) for sampled in (False, True)]
+        """Capture every bucket in `mode` and compare, for each frame graph, a fixed generation (all the batch
+        bucket's rows live, its slots inside the length bucket; greedy and sampled) with the same bodies run
+        eagerly; logs and returns False on the first mismatch."""
+        runs = [
+            (size, length, sampled)
+            for size in buckets_up_to(self.max_batch)
+            for length in self.lengths
+            for sampled in (False, True)
+        ]
         self.use_mode("bodies")
-        want = [_codes(self.loop, self, size, sampled=sampled) for size, sampled in runs]
+        want = [self._check_codes(size, length, sampled) for size, length, sampled in runs]
         self.use_mode(mode)
-        for (size, sampled), codes in zip(runs, want, strict=True):
-            if _codes(self.loop, self, size, sampled=sampled) != codes:
+        for (size, length, sampled), codes in zip(runs, want, strict=True):
+            if self._check_codes(size, length, sampled) != codes:
                 kind = "sampled" if sampled else "greedy"
                 log.warning(
-                    "CUDA graphs disabled: replay differs from eager at batch %d (%s); running eager", size, kind
+                    "CUDA graphs disabled: replay differs from eager at batch %d, %d slots (%s); running eager",
+                    size,
+                    length,
+                    kind,
                 )
                 return False
-        log.info("CUDA graphs on: %d buckets up to %d rows, %d tokens", len(runs) // 2, self.max_batch, self.max_len)
+        log.info(
+            "CUDA graphs on: one per frame for %d batch x %d length buckets, up to %d rows and %d slots",
+            len(buckets_up_to(self.max_batch)),
+            len(self.lengths),
+            self.max_batch,
+            self.max_len,
+        )
         return True
+
+    def _check_codes(self, size: int, length: int, sampled: bool) -> list[list[list[int]]]:
+        shorter = [n for n in self.lengths if n < length]
+        frames = 4
+        # The frames start just past the next shorter bucket, so they run on this one (and end inside it).
+        prompt = min(shorter[-1] + 1 if shorter else 7, length - frames - 6)
+        return _codes(self.loop, self, size, sampled=sampled, prompt_len=prompt, frames=frames)
 
     def use_mode(self, mode: Mode) -> None:
         """Drop the captures and capture every bucket again in `mode`."""
         self.mode = mode
-        self._talker.clear()
-        self._predictor.clear()
+        self._graphs.clear()
         self.capture_all()
 
     def use_replay(self, replay: bool) -> None:
@@ -280,19 +340,43 @@ class GraphSteps(EagerSteps):
         self.use_mode("graphs" if replay else "bodies")
 
 
+def _warp_view(warp: Warp, inputs: dict[str, torch.Tensor], prefix: str, n: int) -> Warp:
+    """`warp` over the bucket's buffers (its flags kept: they steer only the eager path)."""
+    return replace(
+        warp,
+        temperature=inputs[prefix + "temperature"][:n],
+        top_k=inputs[prefix + "top_k"][:n],
+        top_p=inputs[prefix + "top_p"][:n],
+    )
+
+
+def length_buckets(max_len: int, shortest: int) -> list[int]:
+    """Spans a frame graph attends over: powers of two from `shortest`, then `max_len`."""
+    lengths = []
+    n = shortest
+    while n < max_len:
+        lengths.append(n)
+        n *= 2
+    return [*lengths, max_len]
+
+
 def _greedy_codes(loop: FrameLoop, steps: EagerSteps, batch: int) -> list[list[list[int]]]:
     return _codes(loop, steps, batch, sampled=False)
 
 
-def _codes(loop: FrameLoop, steps: EagerSteps, batch: int, *, sampled: bool) -> list[list[list[int]]]:
-    """A fixed generation through `steps` (greedy, or sampled with fixed seeds): the codes per row, as lists."""
+def _codes(
+    loop: FrameLoop, steps: EagerSteps, batch: int, *, sampled: bool, prompt_len: int = 7, frames: int = 6
+) -> list[list[list[int]]]:
+    """A fixed generation through `steps` (greedy, or sampled with fixed seeds): the codes per row, as lists. Row
+    i's prompt has `prompt_len + i % 4` tokens and its budget is `frames + i % 4` frames."""
     previous, loop.steps = loop.steps, steps
     try:
         embedding = loop.talker.model.codec_embedding
         device = loop.device
+        vocab = embedding.weight.shape[0]
         prompts = [
             RowPrompt(
-                embedding(torch.arange(5 + i, 12 + 2 * i, device=device)),
+                embedding(torch.arange(5 + i, 5 + i + prompt_len + i % 4, device=device) % vocab),
                 embedding(torch.arange(20, 24, device=device)),
             )
             for i in range(batch)
@@ -303,7 +387,7 @@ def _codes(loop: FrameLoop, steps: EagerSteps, batch: int, *, sampled: bool) -> 
         else:
             sampling = RowSampling(do_sample=False, sub_do_sample=False, repetition_penalty=1.05)
         rows: list[list[list[int]]] = [[] for _ in range(batch)]
-        budgets = [6 + i for i in range(batch)]
+        budgets = [frames + i % 4 for i in range(batch)]
         with torch.inference_mode():
             for step in loop.run(prompts, pad, budgets, [sampling] * batch, list(range(batch))):
                 for row, codes in zip(step.rows, step.codes.tolist(), strict=True):

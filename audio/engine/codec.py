@@ -10,6 +10,12 @@ byte-identical to the reference engine's.
 which carries the decoder's state between pieces, so the pieces joined equal one decode of all the frames (no
 re-decoded context: a piece costs what its new frames cost). A cloned voice's reference codes are decoded first,
 as the whole decode prepends them, and their audio dropped.
+
+A piece can be *issued* without waiting for it (`push_pending` / `flush_pending`): on CUDA the decode runs on the
+engine's decode stream (after the frames' work on the current stream), its audio is copied into pinned host memory
+and an event recorded, and the piece comes back as a `host_reads.HostRead` that is `ready()` once the audio has
+landed; the generation goes on meanwhile. Without a decode stream (CPU) the decode is done at once and the read is
+ready. `push` / `flush` issue and wait.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from audio.engine.host_reads import HostRead, HostReader
 
 
 def decode_whole(tts: Any, codes: Sequence[torch.Tensor], ref_codes: Sequence[torch.Tensor | None]) -> list[np.ndarray]:
@@ -42,24 +50,37 @@ def piece_schedule(piece_frames: int | Sequence[int]) -> tuple[int, ...]:
 
 
 class IncrementalDecoder:
-    """One row's frames in, audio out in pieces as they are ready."""
+    """One row's frames in, audio out in pieces as they are ready.
 
-    def __init__(self, tts: Any, *, piece_frames: int | Sequence[int], ref_codes: torch.Tensor | None = None):
+    `stream`: a CUDA stream the decodes run on (None: on the current stream, at once); `reader` copies each piece's
+    audio to the host (default a `HostReader` on the codec's device; tests pass one whose reads land late)."""
+
+    def __init__(
+        self,
+        tts: Any,
+        *,
+        piece_frames: int | Sequence[int],
+        ref_codes: torch.Tensor | None = None,
+        stream: Any = None,
+        reader: HostReader | None = None,
+    ):
         from audio.engine.codec_stream import StatefulDecoder
 
         tokenizer = tts.model.speech_tokenizer
         self._device = tokenizer.device
+        self._stream = stream
+        self._reader = reader if reader is not None else HostReader(torch.device(self._device))
         self._state = StatefulDecoder(tokenizer.model.decoder)
         self.schedule = piece_schedule(piece_frames)
         self.pieces_out = 0
         self._frames_out = 0
         self._waiting: list[torch.Tensor] = []
         if ref_codes is not None and len(ref_codes):
-            self._state.decode(_codes_window(list(ref_codes.to(self._device))))  # context only: its audio is dropped
+            self._run(_codes_window(list(ref_codes.to(self._device))))  # context only: its audio is dropped
 
     @property
     def frames_out(self) -> int:
-        """Frames of this row's own (generated) audio released so far."""
+        """Frames of this row's own (generated) audio released (issued) so far."""
         return self._frames_out
 
     @property
@@ -68,21 +89,54 @@ class IncrementalDecoder:
 
     def push(self, frame: torch.Tensor) -> np.ndarray | None:
         """Add one frame [groups]; returns audio when the next piece's frames are all here."""
-        self._waiting.append(frame)
-        if len(self._waiting) >= self.next_piece_frames:
-            return self._decode()
-        return None
+        return _landed(self.push_pending(frame))
 
     def flush(self) -> np.ndarray | None:
         """The audio of frames still waiting, if any."""
-        return self._decode() if self._waiting else None
+        return _landed(self.flush_pending())
 
-    def _decode(self) -> np.ndarray:
-        wav = self._state.decode(_codes_window([f.to(self._device) for f in self._waiting]))
+    def push_pending(self, frame: torch.Tensor) -> HostRead | None:
+        """Add one frame [groups]; when the next piece's frames are all here, its decode issued: the audio (float32,
+        host) once the read is `ready()`."""
+        self._waiting.append(frame)
+        if len(self._waiting) >= self.next_piece_frames:
+            return self._issue()
+        return None
+
+    def flush_pending(self) -> HostRead | None:
+        """The decode of the frames still waiting, issued, if any."""
+        return self._issue() if self._waiting else None
+
+    @torch.inference_mode()
+    def _issue(self) -> HostRead:
+        window = _codes_window([f.to(self._device) for f in self._waiting])
         self._frames_out += len(self._waiting)
         self.pieces_out += 1
         self._waiting = []
-        return wav.float().cpu().numpy()
+        wav = self._run(window)
+        if self._stream is None:
+            return self._reader.read(wav.float())
+        with torch.cuda.stream(self._stream):  # the copy and its event go on the decode stream, after the decode
+            return self._reader.read(wav.float())
+
+    @torch.inference_mode()
+    def _run(self, window: torch.Tensor) -> torch.Tensor:
+        """`StatefulDecoder.decode(window)`, on the decode stream when there is one (the decoder's state then lives
+        on that stream only)."""
+        if self._stream is None:
+            return self._state.decode(window)
+        self._stream.wait_stream(torch.cuda.current_stream(self._stream.device))
+        # `window` was made on the current stream: its memory must not be reused before the decode stream is done.
+        window.record_stream(self._stream)
+        with torch.cuda.stream(self._stream):
+            return self._state.decode(window)
+
+
+def _landed(read: HostRead | None) -> np.ndarray | None:
+    if read is None:
+        return None
+    read.wait()
+    return read.values.numpy()
 
 
 def _codes_window(frames: list[torch.Tensor]) -> torch.Tensor:

@@ -4,18 +4,26 @@ A batch is one prompt capture (`prompts.capture_talker_inputs`), one `FrameLoop.
 settings and a seed per row, then either one whole-batch decode (`generate`, byte-identical to what qwen_tts
 would decode from the same frames) or per-row incremental decoding as frames arrive (`stream`). On CUDA the loop's
 steps replay as CUDA graphs when `cuda_graphs` is on and the warm-up check passed (`audio.engine.graphs`).
+
+`stream` overlaps the codec with the generation: on CUDA each piece's decode is issued on the engine's decode
+stream (`decode_stream`) and handed out once its audio has landed on the host, in the order the pieces were made;
+the frame loop goes on launching frames meanwhile and the host waits for a decode only when the frames run out.
+On CPU a decode is done when issued, so the pieces and their order are those of decoding in line.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from audio.engine.base import QwenSpeech
 from audio.engine.codec import IncrementalDecoder, decode_whole
+from audio.engine.host_reads import HostRead, HostReader
 from audio.engine.prompts import PINNED_QWEN_TTS, capture_talker_inputs
 from audio.errors import ModelError
 from audio.speech import STREAM_PIECE_FRAMES, AudioPiece, ChunkRequest, FrameGuard, GenerateCall, Voice
@@ -39,6 +47,8 @@ class FastEngine(QwenSpeech):
         graph_longest_s: float = 60.0,
     ):
         super().__init__(variant, tts, runtime)
+        import torch
+
         from audio.engine.decode_loop import FrameLoop
 
         talker = tts.model.talker
@@ -53,6 +63,11 @@ class FastEngine(QwenSpeech):
             "min_new_tokens": 2,
         }
         self.loop = FrameLoop(talker, **self._control)
+        # The streamed pieces' decodes run on a CUDA stream of their own, one per engine; their audio comes to the host
+        # through `decode_reader_factory` (tests swap in reads that land late).
+        self.codec_device = torch.device(tts.model.speech_tokenizer.device)
+        self.decode_stream = torch.cuda.Stream(self.codec_device) if self.codec_device.type == "cuda" else None
+        self.decode_reader_factory: Callable[[torch.device], HostReader] = HostReader
         self.cuda_graphs = False
         if cuda_graphs:
             from audio.engine.graphs import GraphSteps
@@ -155,20 +170,47 @@ class FastEngine(QwenSpeech):
         `STREAM_PIECE_FRAMES`: the first piece after one frame, growing to ~1 s)."""
         pieces = piece_frames or STREAM_PIECE_FRAMES
         ref = _ref_codes(clone_prompt)
-        decoders = [IncrementalDecoder(self.tts, piece_frames=pieces, ref_codes=ref) for _ in requests]
+        reader = self.decode_reader_factory(self.codec_device)
+        decoders = [
+            IncrementalDecoder(self.tts, piece_frames=pieces, ref_codes=ref, stream=self.decode_stream, reader=reader)
+            for _ in requests
+        ]
+        pending: deque[_Pending] = deque()  # issued pieces, in the order they are handed out
         open_rows = set(range(len(requests)))
-        call = GenerateCall(requests, language, voice, params, clone_prompt, guard)
-        for step in self.frames_many([call]):
-            for row in sorted(open_rows - set(step.rows)):  # finished at the previous step
-                yield from _last_piece(row, decoders[row])
-            open_rows &= set(step.rows)
-            for row, codes in zip(step.rows, step.codes, strict=True):
-                first = decoders[row].frames_out
-                audio = decoders[row].push(codes)
-                if audio is not None:
-                    yield AudioPiece(row, audio, first, decoders[row].frames_out - first, final=False)
-        for row in sorted(open_rows):
-            yield from _last_piece(row, decoders[row])
+        steps = self.frames_many([GenerateCall(requests, language, voice, params, clone_prompt, guard)])
+        try:
+            for step in steps:
+                for row in sorted(open_rows - set(step.rows)):  # finished at the previous step
+                    pending.append(_last_piece(row, decoders[row]))
+                open_rows &= set(step.rows)
+                for row, codes in zip(step.rows, step.codes, strict=True):
+                    first = decoders[row].frames_out
+                    read = decoders[row].push_pending(codes)
+                    if read is not None:
+                        pending.append(_Pending(row, read, first, decoders[row].frames_out - first, final=False))
+                while pending and pending[0].read.ready():
+                    yield pending.popleft().piece()
+            for row in sorted(open_rows):
+                pending.append(_last_piece(row, decoders[row]))
+            while pending:
+                yield pending.popleft().piece()
+        finally:
+            steps.close()  # a consumer that stops early (cancellation) stops the generation
+
+
+@dataclass
+class _Pending:
+    """A streamed piece whose decode has been issued: its audio is on the host once `read` is ready."""
+
+    row: int
+    read: HostRead
+    first_frame: int
+    frames: int
+    final: bool
+
+    def piece(self) -> AudioPiece:
+        self.read.wait()
+        return AudioPiece(self.row, self.read.values.numpy(), self.first_frame, self.frames, self.final)
 
 
 class _Guards:
@@ -229,12 +271,15 @@ def _guarded(steps: Any, guards: _Guards) -> Iterator[Any]:
         steps.close()
 
 
-def _last_piece(row: int, decoder: IncrementalDecoder) -> Iterator[AudioPiece]:
+def _last_piece(row: int, decoder: IncrementalDecoder) -> _Pending:
+    """The row's final piece: the frames still waiting (possibly none: an empty piece, ready at once)."""
+    import torch
+
     first = decoder.frames_out
-    audio = decoder.flush()
-    if audio is None:
-        audio = np.zeros(0, dtype=np.float32)
-    yield AudioPiece(row, audio, first, decoder.frames_out - first, final=True)
+    read = decoder.flush_pending()
+    if read is None:
+        read = HostRead(torch.zeros(0, dtype=torch.float32))
+    return _Pending(row, read, first, decoder.frames_out - first, final=True)
 
 
 def _ref_codes(clone_prompt: Any) -> Any:

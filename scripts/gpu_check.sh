@@ -85,7 +85,8 @@ else
     --real-shapes --device cuda --models 1.7B-CustomVoice 0.6B-CustomVoice
   step "engine tests, CUDA fp32 (TF32 off), CUDA graphs" env QWEN_TTS_TEST_DEVICE=cuda QWEN_TTS_TEST_DTYPE=float32 \
     QWEN_TTS_TEST_CUDA_GRAPHS=auto "$py" -m pytest -q -p no:cacheprovider -x \
-    tests/test_engine.py tests/test_engine_pin.py tests/test_sync_free_loop.py
+    tests/test_engine.py tests/test_engine_pin.py tests/test_sync_free_loop.py tests/test_graph_capture.py \
+    tests/test_decode_overlap.py
   step "engine tests, CUDA bf16: graphs == eager" env QWEN_TTS_TEST_DEVICE=cuda QWEN_TTS_TEST_DTYPE=bfloat16 \
     QWEN_TTS_TEST_CUDA_GRAPHS=auto "$py" -m pytest -q -p no:cacheprovider tests/test_engine.py \
     -k "cuda_graphs_replay or memory"

@@ -105,6 +105,8 @@ def _run(
                 except StopIteration:
                     break
                 assert np.array_equal(step.first_codes_host, step.codes[:, 0].cpu().numpy())
+                # The read's event rides with the frame (the codec's stream waits on it); a CPU read has none.
+                assert (step.made is None) == (reader is HostReader and device.type == "cpu")
                 for row, codes in zip(step.rows, step.codes.tolist(), strict=True):
                     rows[row].append(codes)
                 stop = {r for r in step.rows if stop_at and len(rows[r]) == stop_at.get(r)} or None

@@ -20,7 +20,8 @@ ready. `push` / `flush` issue and wait.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,7 @@ class IncrementalDecoder:
         self.pieces_out = 0
         self._frames_out = 0
         self._waiting: list[torch.Tensor] = []
+        self._made: Any = None  # the event recorded after the last frame pushed, when the loop gave one
         if ref_codes is not None and len(ref_codes):
             self._run(_codes_window(list(ref_codes.to(self._device))))  # context only: its audio is dropped
 
@@ -95,10 +97,12 @@ class IncrementalDecoder:
         """The audio of frames still waiting, if any."""
         return _landed(self.flush_pending())
 
-    def push_pending(self, frame: torch.Tensor) -> HostRead | None:
-        """Add one frame [groups]; when the next piece's frames are all here, its decode issued: the audio (float32,
-        host) once the read is `ready()`."""
+    def push_pending(self, frame: torch.Tensor, made: Any = None) -> HostRead | None:
+        """Add one frame [groups] (`made`: a CUDA event recorded after it was generated, if there is one); when the
+        next piece's frames are all here, its decode issued: the audio (float32, host) once the read is `ready()`."""
         self._waiting.append(frame)
+        if made is not None:
+            self._made = made
         if len(self._waiting) >= self.next_piece_frames:
             return self._issue()
         return None
@@ -109,27 +113,37 @@ class IncrementalDecoder:
 
     @torch.inference_mode()
     def _issue(self) -> HostRead:
-        window = _codes_window([f.to(self._device) for f in self._waiting])
+        frames = [f.to(self._device) for f in self._waiting]
         self._frames_out += len(self._waiting)
         self.pieces_out += 1
         self._waiting = []
-        wav = self._run(window)
         if self._stream is None:
-            return self._reader.read(wav.float())
-        with torch.cuda.stream(self._stream):  # the copy and its event go on the decode stream, after the decode
-            return self._reader.read(wav.float())
+            return self._reader.read(self._state.decode(_codes_window(frames)).float())
+        with self._on_stream(frames):  # the window, the decode, the copy and its event, after those frames only
+            return self._reader.read(self._state.decode(_codes_window(frames)).float())
 
     @torch.inference_mode()
-    def _run(self, window: torch.Tensor) -> torch.Tensor:
-        """`StatefulDecoder.decode(window)`, on the decode stream when there is one (the decoder's state then lives
-        on that stream only)."""
+    def _run(self, window: torch.Tensor) -> None:
+        """Decode `window` for its state only (a cloned voice's reference), on the decode stream if there is one."""
         if self._stream is None:
-            return self._state.decode(window)
-        self._stream.wait_stream(torch.cuda.current_stream(self._stream.device))
-        # `window` was made on the current stream: its memory must not be reused before the decode stream is done.
-        window.record_stream(self._stream)
+            self._state.decode(window)
+            return
+        with self._on_stream([window]):
+            self._state.decode(window)
+
+    @contextlib.contextmanager
+    def _on_stream(self, inputs: list[torch.Tensor]) -> Iterator[None]:
+        # Wait for the event recorded after the last frame (the loop runs frames ahead of the host's reads: waiting
+        # for the whole current stream would hold the first piece back until those are done), else for everything
+        # queued so far; the inputs were made on the current stream, so their memory is kept until this one is done.
+        if self._made is not None:
+            self._stream.wait_event(self._made)
+        else:
+            self._stream.wait_stream(torch.cuda.current_stream(self._stream.device))
+        for tensor in inputs:
+            tensor.record_stream(self._stream)
         with torch.cuda.stream(self._stream):
-            return self._state.decode(window)
+            yield
 
 
 def _landed(read: HostRead | None) -> np.ndarray | None:

@@ -175,6 +175,8 @@ class Step:
     rows: list[int]
     codes: torch.Tensor  # [len(rows), num_code_groups] int64
     first_codes_host: np.ndarray | None = None  # codes[:, 0] on the host, when the loop has read them
+    made: Any = None  # on CUDA, an event recorded after the frame was generated (the read's): work waiting on it
+    # waits for this frame, not for the frames the loop has queued since
 
 
 class CodePredictor:
@@ -487,6 +489,7 @@ class _Outbox:
             for step in read.steps:
                 n = len(step.rows)
                 step.first_codes_host = values[at : at + n]
+                step.made = read.host.event
                 at += n
                 step = self._past_ends_dropped(step)
                 if step is None:
@@ -507,7 +510,7 @@ class _Outbox:
             return None
         first_host = step.first_codes_host[keep] if step.first_codes_host is not None else None
         codes = step.codes[self.reader.upload(keep)]
-        return Step(step.index, [step.rows[i] for i in keep], codes, first_host)
+        return Step(step.index, [step.rows[i] for i in keep], codes, first_host, step.made)
 
     def goes_on(self, row: int, budget: int, step: int) -> bool:
         """Whether `row` needs frame `step + 1`."""

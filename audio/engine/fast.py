@@ -185,7 +185,7 @@ class FastEngine(QwenSpeech):
                 open_rows &= set(step.rows)
                 for row, codes in zip(step.rows, step.codes, strict=True):
                     first = decoders[row].frames_out
-                    read = decoders[row].push_pending(codes)
+                    read = decoders[row].push_pending(codes, step.made)
                     if read is not None:
                         pending.append(_Pending(row, read, first, decoders[row].frames_out - first, final=False))
                 while pending and pending[0].read.ready():

@@ -166,17 +166,18 @@ def test_a_capture_that_fails_is_logged_and_stays_eager(loop, monkeypatch, caplo
 @pytest.mark.slow
 @pytest.mark.parametrize("checkpoint", ["tiny", "real-structure"])
 def test_the_warm_up_check_replays_every_graph_greedy_and_sampled(loops, checkpoint, monkeypatch):
+    hits: list[tuple[int, int, int]] = []
+
     class Hits(GraphSteps):
         min_length_bucket = 16
-        hits: list[tuple[int, int, int]] = []
 
         def frame(self, live, step, prompt_len, *, need_next):
             if self.mode == "simulate":
                 key = (bucket_for(len(live.rows)), self.length_for(prompt_len + step + 1))
-                self.hits.append((*key, int(live.warp.top_k.max())))
+                hits.append((*key, int(live.warp.top_k.max())))
             return super().frame(live, step, prompt_len, need_next=need_next)
 
     steps = Hits.try_enable(loops[checkpoint], max_batch=3, max_len=64, mode="simulate")
     assert steps is not None and not steps._missing_logged
-    greedy, sampled = {h[:2] for h in Hits.hits if h[2] == 1}, {h[:2] for h in Hits.hits if h[2] > 1}
+    greedy, sampled = {h[:2] for h in hits if h[2] == 1}, {h[:2] for h in hits if h[2] > 1}
     assert greedy == sampled == {(size, length) for size in (1, 2, 4) for length in (16, 32, 64)}

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from audio.engine.decode_loop import RowPrompt
-from audio.engine.graphs import GraphSteps, _codes, bucket_for
+from audio.engine.graphs import GraphSteps, _codes, bucket_for, length_buckets
 from audio.engine.sampling import RowSampling
 from audio.model_loader import ModelCache
 from tests.test_engine import engine_settings
@@ -181,3 +181,17 @@ def test_the_warm_up_check_replays_every_graph_greedy_and_sampled(loops, checkpo
     assert steps is not None and not steps._missing_logged
     greedy, sampled = {h[:2] for h in hits if h[2] == 1}, {h[:2] for h in hits if h[2] > 1}
     assert greedy == sampled == {(size, length) for size in (1, 2, 4) for length in (16, 32, 64)}
+
+
+@pytest.mark.parametrize(
+    "max_len,shortest,want",
+    [
+        (1774, 256, [256, 512, 1024, 1774]),  # the worker's default: 1024 prompt slots + 60 s at 12.5 Hz
+        (1030, 256, [256, 512, 1030]),  # 1024 is within 16 slots of the end: no room to check it apart
+        (64, 16, [16, 32, 64]),
+        (64, 256, [64]),
+    ],
+    ids=["default", "close-to-a-power", "tests", "shorter-than-one-bucket"],
+)
+def test_length_buckets(max_len, shortest, want):
+    assert length_buckets(max_len, shortest) == want

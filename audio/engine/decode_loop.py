@@ -8,16 +8,16 @@ no mask or rotary rebuilding per step: rotary tables are computed once with the 
 embeddings (qwen's 3-D rope with all three position rows equal, which is what its talker feeds), positions
 are each row's own (left padding shifts nothing), masks are views of one validity table.
 
-A frame is one call, `steps.frame`: the code predictor's pass, then the talker step that the next frame starts
-from (`EagerSteps`; `audio.engine.graphs` replays the same body as one CUDA graph). Rows finish at EOS or at
-their own frame budget. The budget is known on the host, so such a row leaves every
-batch tensor at its last frame. EOS is not: each row's EOS frame is recorded on the device, and the host reads
-it (with the frames' first-codebook tokens, for the guard) every `READ_EVERY_FRAMES` frames without stopping the
-device (`audio.engine.host_reads`: pinned memory and an event on CUDA). Until a read lands, a row past its EOS
-keeps generating; its frames past the end are dropped before they are handed out, and the row leaves the batch
-once the host knows. So no frame syncs, and the frames handed out are exactly those of a loop that syncs. Sampling
-is `audio.engine.sampling`: per-row parameters and per-row uniforms. `FrameLoop.run` hands frames out as soon as a
-read covers them, so they can be decoded and streamed while the rest is generated.
+A frame is one call, `steps.frame`: the code predictor's pass, then the talker step that the next frame starts from
+(`EagerSteps`; `audio.engine.graphs` replays the same body as one CUDA graph). Rows finish at EOS or at their own
+frame budget. The budget is known on the host, so such a row leaves every batch tensor after its last frame. EOS is
+not: each row's EOS frame is recorded on the device, and the host reads it (with the frames' first-codebook tokens,
+for the guard) every `READ_EVERY_FRAMES` frames without stopping the device (`audio.engine.host_reads`: pinned
+memory and an event on CUDA). Until a read lands, a row past its EOS keeps generating; its frames past the end are
+dropped before they are handed out, and the row leaves the batch once the host knows. So no frame syncs, and the
+frames handed out are exactly those of a loop that syncs. Sampling is `audio.engine.sampling`: per-row parameters
+and per-row uniforms. `FrameLoop.run` hands frames out as soon as a read covers them, so they can be decoded and
+streamed while the rest is generated.
 """
 
 from __future__ import annotations

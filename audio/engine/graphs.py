@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["graphs", "bodies", "simulate"]
 WARMUP_RUNS = 2  # eager runs on a side stream before capture, so lazy initialisation is not captured
+LENGTH_BUCKET_ROOM = 16  # a length bucket is at least this many slots longer than the one before it
 
 
 def bucket_for(batch: int) -> int:
@@ -351,17 +352,14 @@ def _warp_view(warp: Warp, inputs: dict[str, torch.Tensor], prefix: str, n: int)
 
 
 def length_buckets(max_len: int, shortest: int) -> list[int]:
-    """Spans a frame graph attends over: powers of two from `shortest`, then `max_len`."""
+    """Spans a frame graph attends over: powers of two from `shortest`, then `max_len` (a power of two within
+    `LENGTH_BUCKET_ROOM` slots of it is left out: the last bucket must have room for the check's frames)."""
     lengths = []
     n = shortest
-    while n < max_len:
+    while n + LENGTH_BUCKET_ROOM <= max_len:
         lengths.append(n)
         n *= 2
     return [*lengths, max_len]
-
-
-def _greedy_codes(loop: FrameLoop, steps: EagerSteps, batch: int) -> list[list[list[int]]]:
-    return _codes(loop, steps, batch, sampled=False)
 
 
 def _codes(

@@ -71,10 +71,12 @@ class GraphSteps(EagerSteps):
     def __init__(self, loop: FrameLoop, *, max_batch: int, max_len: int):
         super().__init__(loop)
         self.max_batch = bucket_for(max_batch)
-        self.max_len = max_len
-        self.lengths = length_buckets(max_len, self.min_length_bucket)
-        self.cache = _new_cache(loop.layers, self.max_batch, max_len, loop.codec_head)
-        self.cos, self.sin = loop.rope(max_len)  # held here: a graph reads these tensors, whatever the loop grows
+        # Whole 64-slot blocks: every span a graph attends over is then a multiple of 16, as the memory-efficient
+        # kernel wants its mask's last dimension (else torch pads the mask on every step).
+        self.max_len = -(-max_len // 64) * 64
+        self.lengths = length_buckets(self.max_len, self.min_length_bucket)
+        self.cache = _new_cache(loop.layers, self.max_batch, self.max_len, loop.codec_head)
+        self.cos, self.sin = loop.rope(self.max_len)  # held here: a graph reads these tensors, whatever the loop grows
         self.pool: Any = None  # one memory pool for all of this loop's graphs, made at the first capture
         self.mode: Mode = "graphs"
         self._inputs: dict[int, dict[str, torch.Tensor]] = {}  # per batch bucket, shared by its length buckets

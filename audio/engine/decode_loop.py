@@ -175,8 +175,7 @@ class Step:
     rows: list[int]
     codes: torch.Tensor  # [len(rows), num_code_groups] int64
     first_codes_host: np.ndarray | None = None  # codes[:, 0] on the host, when the loop has read them
-    made: Any = None  # on CUDA, an event recorded after the frame was generated (the read's): work waiting on it
-    # waits for this frame, not for the frames the loop has queued since
+    made: Any = None  # CUDA: the read's event, recorded after this frame (not after the frames queued since)
 
 
 class CodePredictor:

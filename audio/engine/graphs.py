@@ -173,20 +173,20 @@ class GraphSteps(EagerSteps):
             loop = self.loop
             like = loop.codec_head
             device, hidden_size = like.device, like.shape[1]
-            ones, longs = dict(device=device), dict(dtype=torch.long, device=device)
+            floats, longs = dict(device=device), dict(dtype=torch.long, device=device)
             self._inputs[size] = {
                 "hidden": like.new_zeros(size, hidden_size),
                 "first": torch.zeros(size, **longs),
                 "seen": torch.zeros(size, loop.vocab, dtype=torch.bool, device=device),
-                "penalty": torch.ones(size, 1, **ones),
-                "temperature": torch.ones(size, 1, **ones),
+                "penalty": torch.ones(size, 1, **floats),
+                "temperature": torch.ones(size, 1, **floats),
                 "top_k": torch.ones(size, 1, **longs),
-                "top_p": torch.ones(size, 1, **ones),
-                "sub_temperature": torch.ones(size, 1, **ones),
+                "top_p": torch.ones(size, 1, **floats),
+                "sub_temperature": torch.ones(size, 1, **floats),
                 "sub_top_k": torch.ones(size, 1, **longs),
-                "sub_top_p": torch.ones(size, 1, **ones),
+                "sub_top_p": torch.ones(size, 1, **floats),
                 "pad": torch.zeros(size, **longs),
-                "uniforms": torch.zeros(size, 2, loop.groups, **ones),  # this frame's, then the next frame's
+                "uniforms": torch.zeros(size, 2, loop.groups, **floats),  # this frame's, then the next frame's
                 "trailing": like.new_zeros(size, hidden_size),
                 "position": torch.zeros(size, **longs),
                 "slot": torch.zeros(1, **longs),

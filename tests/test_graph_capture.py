@@ -96,6 +96,8 @@ def test_warm_up_captures_every_bucket_and_requests_capture_nothing(loops, check
     assert steps is not None
     every = [(size, length) for size in (1, 2, 4, 8) for length in (16, 32, 64)]
     assert sorted(steps._graphs) == every
+    # Captured without autograd (the loaded model's norms require grad): no buffer carries a graph of its own.
+    assert not any(t.requires_grad for inputs in steps._inputs.values() for t in inputs.values())
     used = []
     run_frame = GraphSteps.frame
     monkeypatch.setattr(

@@ -90,6 +90,7 @@ class GraphSteps(EagerSteps):
             for length in self.lengths:
                 self.capture_bucket(size, length)
 
+    @torch.no_grad()  # the model's parameters may require grad: no autograd graph is built, none is captured
     def capture_bucket(self, size: int, length: int) -> None:
         self._graphs[size, length] = self._frame_graph(size, length)
 

@@ -78,7 +78,9 @@ class IncrementalDecoder:
         self._waiting: list[torch.Tensor] = []
         self._made: Any = None  # the event recorded after the last frame pushed, when the loop gave one
         if ref_codes is not None and len(ref_codes):
-            self._run(_codes_window(list(ref_codes.to(self._device))))  # context only: its audio is dropped
+            window = _codes_window(list(ref_codes.to(self._device)))
+            with self._on_stream([window]):
+                self._state.decode(window)  # context only: its audio is dropped
 
     @property
     def frames_out(self) -> int:
@@ -117,22 +119,15 @@ class IncrementalDecoder:
         self._frames_out += len(self._waiting)
         self.pieces_out += 1
         self._waiting = []
-        if self._stream is None:
-            return self._reader.read(self._state.decode(_codes_window(frames)).float())
         with self._on_stream(frames):  # the window, the decode, the copy and its event, after those frames only
             return self._reader.read(self._state.decode(_codes_window(frames)).float())
 
-    @torch.inference_mode()
-    def _run(self, window: torch.Tensor) -> None:
-        """Decode `window` for its state only (a cloned voice's reference), on the decode stream if there is one."""
-        if self._stream is None:
-            self._state.decode(window)
-            return
-        with self._on_stream([window]):
-            self._state.decode(window)
-
     @contextlib.contextmanager
     def _on_stream(self, inputs: list[torch.Tensor]) -> Iterator[None]:
+        """On the decode stream, if there is one (the decoder's state then lives on that stream only)."""
+        if self._stream is None:
+            yield
+            return
         # Wait for the event recorded after the last frame (the loop runs frames ahead of the host's reads: waiting
         # for the whole current stream would hold the first piece back until those are done), else for everything
         # queued so far; the inputs were made on the current stream, so their memory is kept until this one is done.

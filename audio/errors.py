@@ -4,6 +4,21 @@ Only `handler.py` turns these into `{"error": {"code", "message"}}`. Messages ar
 what was wrong and how to fix it, never a traceback, a path of the worker's disk, or a credential.
 """
 
+SHOWN_CHARS = 64  # how much of a caller's string an error message repeats
+
+
+def shown(value: str) -> str:
+    """A caller's string as a message repeats it: lone surrogates escaped, a long one cut (its length said)."""
+    text = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}… ({len(value)} characters)"
+
+
+def quoted(value: object) -> str:
+    """`repr(value)`, a long string cut (its length said): a megabyte voice name is not echoed back."""
+    if isinstance(value, str) and len(value) > SHOWN_CHARS:
+        return f"{value[:SHOWN_CHARS]!r}… ({len(value)} characters)"
+    return repr(value)
+
 
 class TTSError(Exception):
     """Base of every error with a contract code."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from audio import catalog
-from audio.errors import InputError
+from audio.errors import InputError, quoted
 from audio.model_loader import ModelCache, find_model_path, versions
 from audio.output import encoders
 from audio.schema import INFO_ACTIONS, VOICE_ACTIONS
@@ -58,7 +58,7 @@ def answer(action: str, settings: Settings, models: ModelCache, state: WorkerSta
             ],
             "default": settings.default_model,
         }
-    raise InputError(f"unknown action {action!r}: use synthesize, {', '.join(INFO_ACTIONS + VOICE_ACTIONS)}")
+    raise InputError(f"unknown action {quoted(action)}: use synthesize, {', '.join(INFO_ACTIONS + VOICE_ACTIONS)}")
 
 
 def health(settings: Settings, models: ModelCache, state: WorkerState) -> dict[str, Any]:

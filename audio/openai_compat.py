@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from audio.catalog import BASE, CUSTOM_VOICE, MODELS, VOICE_DESIGN, find_model
-from audio.errors import InputError
-from audio.schema import shown, text_problem
+from audio.errors import InputError, quoted, shown
+from audio.schema import text_problem
 from audio.voices.store import is_voice_id
 
 OPENAI_SPEECH_ROUTE = "/v1/audio/speech"
@@ -96,8 +96,8 @@ def to_job_input(job_input: dict, default_model: str) -> tuple[dict, float]:
     speech = speech_request(request, default_model, where="openai_input")
     if speech.stream_format != "audio":
         raise InputError(
-            f"stream_format {speech.stream_format!r} is not supported on the queue: this worker returns the whole "
-            'audio at once; use "audio" or leave it out (the HTTP mode serves "sse")'
+            f"stream_format {quoted(speech.stream_format)} is not supported on the queue: this worker returns the "
+            'whole audio at once; use "audio" or leave it out (the HTTP mode serves "sse")'
         )
     return speech.job, speech.speed
 
@@ -126,7 +126,7 @@ def speech_request(request: dict, default_model: str, *, where: str = "request")
             _string(name, value, where)
     stream_format = given.get("stream_format", "audio")
     if stream_format not in STREAM_FORMATS:
-        raise InputError(f"unknown stream_format {stream_format!r}: use one of {', '.join(STREAM_FORMATS)}")
+        raise InputError(f"unknown stream_format {quoted(stream_format)}: use one of {', '.join(STREAM_FORMATS)}")
     job: dict[str, Any] = {"text": _text(given.get("input"))}
     model = _model(given["model"], default_model) if "model" in given else None
     model = _task_model(given.get("task_type"), model, given.get("model"), default_model)
@@ -155,7 +155,7 @@ def _task_model(task_type: Any, model: str | None, asked: Any, default_model: st
         return model
     kind = TASK_TYPES.get(task_type) if isinstance(task_type, str) else None
     if kind is None:
-        raise InputError(f"unknown task_type {task_type!r}: use one of {', '.join(TASK_TYPES)}")
+        raise InputError(f"unknown task_type {quoted(task_type)}: use one of {', '.join(TASK_TYPES)}")
     named = find_model(str(asked)) if asked is not None else None
     if named is not None:
         if named.kind != kind:
@@ -171,7 +171,7 @@ def _check_route(route: Any) -> None:
         return
     if isinstance(route, str) and (route.strip().rstrip("/") or "/") in _ROUTE_ALIASES:
         return
-    raise InputError(f"openai_route {route!r} is not served here: this worker takes only {OPENAI_SPEECH_ROUTE}")
+    raise InputError(f"openai_route {quoted(route)} is not served here: this worker takes only {OPENAI_SPEECH_ROUTE}")
 
 
 def _json_type(value: Any) -> str:
@@ -209,7 +209,7 @@ def _model(value: Any, default_model: str) -> str:
     variant = find_model(name)
     if variant is None:
         raise InputError(
-            f"unknown model {name!r}: use an OpenAI model name ({', '.join(OPENAI_MODEL_NAMES)}: this worker's "
+            f"unknown model {quoted(name)}: use an OpenAI model name ({', '.join(OPENAI_MODEL_NAMES)}: this worker's "
             f"default, {default_model}) or one of {', '.join(MODELS)}"
         )
     return variant.name
@@ -227,13 +227,13 @@ def _voice(value: Any) -> str:
 def _response_format(value: Any) -> str:
     fmt = _string("response_format", value).strip().lower()
     if fmt not in RESPONSE_FORMATS:
-        raise InputError(f"unknown response_format {value!r}: use one of {', '.join(RESPONSE_FORMATS)}")
+        raise InputError(f"unknown response_format {quoted(value)}: use one of {', '.join(RESPONSE_FORMATS)}")
     return fmt
 
 
 def _speed(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(f"openai_input.speed must be a number from {MIN_SPEED} to {MAX_SPEED}, got {value!r}")
+        raise InputError(f"openai_input.speed must be a number from {MIN_SPEED} to {MAX_SPEED}, got {quoted(value)}")
     if not MIN_SPEED <= value <= MAX_SPEED:
         raise InputError(f"openai_input.speed must be from {MIN_SPEED} to {MAX_SPEED}, got {value}")
     return float(value)

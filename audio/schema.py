@@ -27,7 +27,7 @@ from audio.catalog import (
     resolve_language,
     resolve_voice,
 )
-from audio.errors import InputError
+from audio.errors import InputError, quoted, shown
 from audio.output.delivery import MODES as DELIVERY_MODES
 from audio.output.encoders import FORMATS as OUTPUT_FORMATS
 from audio.output.encoders import G711_FORMATS
@@ -47,11 +47,6 @@ def text_problem(value: str) -> str | None:
     except UnicodeEncodeError as exc:
         return f"holds a lone UTF-16 surrogate (U+{ord(value[exc.start]):04X}) at character {exc.start}, not valid text"
     return None
-
-
-def shown(value: str) -> str:
-    """A caller's string made safe to put in a message (lone surrogates escaped)."""
-    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _valid_text(value: str) -> str:
@@ -315,7 +310,7 @@ def _language(raw: str | None) -> str:
     lang = resolve_language(raw)
     if lang is None:
         codes = ", ".join(sorted(LANGUAGE_CODES))
-        raise InputError(f"unknown language {raw!r}: use one of {', '.join(LANGUAGES)} or a code ({codes})")
+        raise InputError(f"unknown language {quoted(raw)}: use one of {', '.join(LANGUAGES)} or a code ({codes})")
     return lang
 
 
@@ -323,7 +318,7 @@ def _model(raw: str | None, default_model: str) -> ModelVariant:
     name = raw if raw is not None and raw.strip() else default_model
     variant = find_model(name)
     if variant is None:
-        raise InputError(f"unknown model {name!r}: use one of {', '.join(MODELS)}")
+        raise InputError(f"unknown model {quoted(name)}: use one of {', '.join(MODELS)}")
     return variant
 
 
@@ -384,7 +379,7 @@ def _segment(
         if speaker is None:
             names = ", ".join(s.name for s in SPEAKERS.values())
             aliases = ", ".join(VOICE_ALIASES)
-            raise InputError(f"{where}unknown voice {voice!r}: use one of {names} (aliases: {aliases})")
+            raise InputError(f"{where}unknown voice {quoted(voice)}: use one of {names} (aliases: {aliases})")
         dialect = SPEAKERS[speaker.lower()].dialect
         if dialect and language == "Auto":
             warnings.append(

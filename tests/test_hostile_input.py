@@ -223,3 +223,27 @@ def test_prompt_text_is_bounded(worker, job_input, message):
 def test_prompt_text_at_its_bound_speaks(worker):
     result = run(worker, {"text": "hi", "instruct": "calm " * 400, **SMALL})
     assert result["metadata"]["duration_seconds"] > 0
+
+
+LONG = "v" * 100_000
+LONG_SHOWN = f"{'v' * 64!r}… (100000 characters)"
+
+
+@pytest.mark.parametrize(
+    ("job_input", "fragment"),
+    [
+        pytest.param({"text": "hi", "voice": LONG}, f"unknown voice {LONG_SHOWN}: use one of", id="voice"),
+        pytest.param({"text": "hi", "model": LONG}, f"unknown model {LONG_SHOWN}: use one of", id="model"),
+        pytest.param({"text": "hi", "language": LONG}, f"unknown language {LONG_SHOWN}: use one of", id="language"),
+        pytest.param({"text": "hi", "output_format": LONG}, "output_format: must be one of", id="format"),
+        pytest.param({"text": "hi", LONG: 1}, f"unknown field(s): {'v' * 64}… (100000 characters)", id="field-name"),
+        pytest.param({"action": LONG}, f"unknown action {LONG_SHOWN}: use synthesize", id="action"),
+        pytest.param(
+            {"openai_input": {"input": "hi", "model": LONG}}, f"unknown model {LONG_SHOWN}: use an OpenAI", id="openai"
+        ),
+    ],
+)
+def test_a_long_unknown_string_is_not_echoed_whole(worker, job_input, fragment):
+    message = refused(worker, job_input)
+    assert fragment in message
+    assert len(message) < 2_000, len(message)

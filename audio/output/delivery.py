@@ -39,7 +39,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from audio.errors import DeliveryError, InputError, PayloadTooLargeError
+from audio.errors import DeliveryError, InputError, PayloadTooLargeError, quoted
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class Deliverer:
     def check_mode(self, mode: str) -> None:
         """Raise the InputError `deliver` would for this mode, before any audio is generated."""
         if mode not in MODES:
-            raise InputError(f"delivery must be one of {', '.join(MODES)}, got {mode!r}")
+            raise InputError(f"delivery must be one of {', '.join(MODES)}, got {quoted(mode)}")
         if mode == "s3" and self._s3 is None:
             raise InputError(
                 f'delivery "s3" needs S3 configured on the worker: set {_S3_VARIABLES} (or S3_BUCKET, '

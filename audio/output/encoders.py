@@ -22,7 +22,7 @@ import zlib
 import numpy as np
 import soundfile as sf
 
-from audio.errors import InputError
+from audio.errors import InputError, quoted
 from audio.output.postprocess import resample
 
 FORMATS = ("wav", "mp3", "flac", "opus", "aac", "pcm", "ulaw", "alaw")
@@ -88,7 +88,7 @@ def available_formats() -> list[str]:
 
 def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
-        raise InputError(f"unknown output format {fmt!r}; expected one of {', '.join(FORMATS)}")
+        raise InputError(f"unknown output format {quoted(fmt)}; expected one of {', '.join(FORMATS)}")
 
 
 def check_encodable(fmt: str, sample_rate: int | None) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from audio.catalog import find_model
-from audio.errors import Cancelled, ClientTooSlow, IdleTimeout, InputError
+from audio.errors import Cancelled, ClientTooSlow, IdleTimeout, InputError, quoted
 from audio.openai_compat import speech_request
 from audio.output import encoders
 from audio.serving import streaming
@@ -461,7 +461,7 @@ class LiveSession:
                 raise InputError("session.config comes once, as the first message")
             else:
                 raise InputError(
-                    f"unknown message type {kind!r}: send input.text, input.flush, input.cancel or input.done"
+                    f"unknown message type {quoted(kind)}: send input.text, input.flush, input.cancel or input.done"
                 )
             if self.buffer.waiting_chars + self.queued_chars > self.max_chars:
                 raise InputError(

@@ -37,7 +37,7 @@ from urllib.parse import urljoin, urlsplit
 import numpy as np
 import soundfile as sf
 
-from audio.errors import InputError
+from audio.errors import InputError, quoted
 from audio.output import joiner, postprocess
 
 MIN_REFERENCE_S = 1.0
@@ -161,7 +161,7 @@ def _check_url(url: str, policy: FetchPolicy) -> _Target:
         raise InputError(f"ref_audio URL {shown} is malformed") from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
-        raise InputError(f"ref_audio URL scheme {scheme!r} is not allowed: use http or https")
+        raise InputError(f"ref_audio URL scheme {quoted(scheme)} is not allowed: use http or https")
     host = (parts.hostname or "").rstrip(".")
     if not host:
         raise InputError(f"ref_audio URL {shown} has no host")

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from audio.errors import InputError
+from audio.errors import InputError, quoted
 from audio.output import postprocess
 from audio.voices.reference import Reference
 
@@ -149,7 +149,7 @@ class VoiceStore:
         # Claims made before names were normalized hash another spelling: the stored names are checked too.
         taken = next((v for v in self.list() if isinstance(v, SavedVoice) and name_key(v.name) == name_key(name)), None)
         if taken is not None:
-            raise InputError(f"a voice named {name!r} already exists (voice_id {taken.voice_id})")
+            raise InputError(f"a voice named {quoted(name)} already exists (voice_id {taken.voice_id})")
         if len(self._ids()) >= self.max_voices:
             raise InputError(
                 f"this endpoint already has {self.max_voices} saved voices (QWEN_TTS_MAX_SAVED_VOICES); "
@@ -198,15 +198,15 @@ class VoiceStore:
                 except FileNotFoundError:
                     continue  # deleted meanwhile: try again
                 if is_voice_id(holder) and (self.root / holder).is_dir():
-                    raise InputError(f"a voice named {name!r} already exists (voice_id {holder})") from None
+                    raise InputError(f"a voice named {quoted(name)} already exists (voice_id {holder})") from None
                 if age_s < _STALE_CLAIM_S:
-                    raise InputError(f"a voice named {name!r} is being created by another request") from None
+                    raise InputError(f"a voice named {quoted(name)} is being created by another request") from None
                 path.unlink(missing_ok=True)  # a crashed create's claim
                 continue
             with os.fdopen(fd, "w") as f:
                 f.write(voice_id)
             return
-        raise InputError(f"a voice named {name!r} is being created by another request")
+        raise InputError(f"a voice named {quoted(name)} is being created by another request")
 
     def delete(self, voice_id: str) -> SavedVoice | DamagedVoice:
         """Delete a voice by id whatever state its files are in (a damaged voice is deleted too)."""

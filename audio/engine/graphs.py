@@ -252,7 +252,9 @@ class GraphSteps(EagerSteps):
                     body()
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
+            # thread_local: a model loading (and capturing) while another model generates on another thread must
+            # not turn that thread's CUDA calls into capture errors.
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 outputs = body()
 
         def replay() -> Any:

@@ -1,4 +1,4 @@
-"""The streamed codec decode overlapped with the generation (`FastEngine.stream`, `IncrementalDecoder.push_pending`).
+"""The streamed codec decode overlapped with the generation (`FastEngine.stream`, `IncrementalDecoder.push`).
 
 On CUDA a piece's decode is issued on the engine's decode stream and its audio read back through pinned memory and
 an event; the stream hands a piece out once its read has landed, in the order the pieces were made, and keeps taking
@@ -81,6 +81,14 @@ def _key(piece) -> tuple:
     return (piece.row, piece.samples.dtype.str, piece.samples.tobytes(), piece.first_frame, piece.frames, piece.final)
 
 
+def landed(read: HostRead | None) -> np.ndarray | None:
+    """A piece's audio, waited for (None: no piece was issued)."""
+    if read is None:
+        return None
+    read.wait()
+    return read.values.numpy()
+
+
 def _inline(model, requests, params, pieces) -> list[tuple]:
     """The pieces of decoding in line, as `stream` did before the overlap: each piece decoded (and waited for) the
     moment its frames are in; a row's final piece (possibly empty) at the step after its last frame."""
@@ -89,7 +97,7 @@ def _inline(model, requests, params, pieces) -> list[tuple]:
 
     def last(row):
         first = decoders[row].frames_out
-        audio = decoders[row].flush()
+        audio = landed(decoders[row].flush())
         audio = np.zeros(0, dtype=np.float32) if audio is None else audio
         return (row, audio.dtype.str, audio.tobytes(), first, decoders[row].frames_out - first, True)
 
@@ -99,7 +107,7 @@ def _inline(model, requests, params, pieces) -> list[tuple]:
         open_rows &= set(step.rows)
         for row, codes in zip(step.rows, step.codes, strict=True):
             first = decoders[row].frames_out
-            audio = decoders[row].push(codes)
+            audio = landed(decoders[row].push(codes))
             if audio is not None:
                 out.append((row, audio.dtype.str, audio.tobytes(), first, decoders[row].frames_out - first, False))
     return out + [last(row) for row in sorted(open_rows)]

@@ -18,7 +18,7 @@ import soundfile as sf
 import torch
 
 from audio.engine.codec import decode_whole
-from audio.engine.graphs import GraphSteps, _greedy_codes
+from audio.engine.graphs import GraphSteps, _codes
 from audio.model_loader import ModelCache
 from audio.serving.service import make_handler
 from audio.settings import Settings
@@ -337,8 +337,8 @@ def test_graph_bodies_run_eagerly_equal_the_loop(live_eos_model_dir, batch):
     loop = ModelCache(engine_settings(live_eos_model_dir, QWEN_TTS_CUDA_GRAPHS="off")).get("0.6B-CustomVoice").loop
     static = GraphSteps(loop, max_batch=4, max_len=64)
     static.use_replay(False)
-    want = _greedy_codes(loop, loop.steps, batch)
-    assert _greedy_codes(loop, static, batch) == want
+    want = _codes(loop, loop.steps, batch, sampled=False)
+    assert _codes(loop, static, batch, sampled=False) == want
     enabled = GraphSteps.try_enable(loop, max_batch=4, max_len=64)
     assert (enabled is not None) == ON_CUDA  # without CUDA: eager
 

@@ -29,7 +29,7 @@ from scripts.longform.manifest import Manifest, parts_dir
 from scripts.longform.plan import Pauses
 from scripts.longform.runner import Options, Progress, VoicePlan, parts_of, run
 from tests.test_runpod_local import worker_env
-from tests.test_runpod_worker import ControlPlane
+from tests.test_runpod_worker import ControlPlane, send_json
 
 pytestmark = pytest.mark.slow
 
@@ -73,13 +73,7 @@ class Queue:
                 plane.stop(job_id)
                 return self._json({"id": job_id, "status": "CANCELLED"})
 
-            def _json(self, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+            _json = send_json
 
             def log_message(self, *args):
                 pass

@@ -28,6 +28,16 @@ from tests.test_runpod_local import ROOT, worker_env
 POLL_S = 0.3  # how long an empty job-take or job-stop is held open (the SDK polls again at once)
 
 
+def send_json(handler: http.server.BaseHTTPRequestHandler, obj) -> None:
+    """A 200 answer of `obj` as JSON (the fake RunPod APIs' answers)."""
+    data = json.dumps(obj).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class ControlPlane:
     """RunPod's job API as the SDK's worker mode uses it. `events` records what the worker sent, in arrival order:
     ("take", [ids]), ("stream", id, body), ("progress", id, body), ("done", id, body)."""
@@ -71,13 +81,7 @@ class ControlPlane:
                     plane.cond.notify_all()
                 self._json({})
 
-            def _json(self, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+            _json = send_json
 
             def _empty(self):
                 self.send_response(204)

@@ -11,11 +11,10 @@ which carries the decoder's state between pieces, so the pieces joined equal one
 re-decoded context: a piece costs what its new frames cost). A cloned voice's reference codes are decoded first,
 as the whole decode prepends them, and their audio dropped.
 
-A piece can be *issued* without waiting for it (`push_pending` / `flush_pending`): on CUDA the decode runs on the
-engine's decode stream (after the frames' work on the current stream), its audio is copied into pinned host memory
-and an event recorded, and the piece comes back as a `host_reads.HostRead` that is `ready()` once the audio has
-landed; the generation goes on meanwhile. Without a decode stream (CPU) the decode is done at once and the read is
-ready. `push` / `flush` issue and wait.
+A piece is *issued* without waiting for it: `push` / `flush` return a `host_reads.HostRead`. On CUDA the decode
+runs on the engine's decode stream (after the frames' work on the current stream), its audio is copied into pinned
+host memory and an event recorded, and the read is `ready()` once the audio has landed; the generation goes on
+meanwhile. Without a decode stream (CPU) the decode is done at once and the read is ready.
 """
 
 from __future__ import annotations
@@ -91,15 +90,7 @@ class IncrementalDecoder:
     def next_piece_frames(self) -> int:
         return self.schedule[min(self.pieces_out, len(self.schedule) - 1)]
 
-    def push(self, frame: torch.Tensor) -> np.ndarray | None:
-        """Add one frame [groups]; returns audio when the next piece's frames are all here."""
-        return _landed(self.push_pending(frame))
-
-    def flush(self) -> np.ndarray | None:
-        """The audio of frames still waiting, if any."""
-        return _landed(self.flush_pending())
-
-    def push_pending(self, frame: torch.Tensor, made: Any = None) -> HostRead | None:
+    def push(self, frame: torch.Tensor, made: Any = None) -> HostRead | None:
         """Add one frame [groups] (`made`: a CUDA event recorded after it was generated, if there is one); when the
         next piece's frames are all here, its decode issued: the audio (float32, host) once the read is `ready()`."""
         self._waiting.append(frame)
@@ -109,7 +100,7 @@ class IncrementalDecoder:
             return self._issue()
         return None
 
-    def flush_pending(self) -> HostRead | None:
+    def flush(self) -> HostRead | None:
         """The decode of the frames still waiting, issued, if any."""
         return self._issue() if self._waiting else None
 
@@ -139,13 +130,6 @@ class IncrementalDecoder:
             tensor.record_stream(self._stream)
         with torch.cuda.stream(self._stream):
             yield
-
-
-def _landed(read: HostRead | None) -> np.ndarray | None:
-    if read is None:
-        return None
-    read.wait()
-    return read.values.numpy()
 
 
 def _codes_window(frames: list[torch.Tensor]) -> torch.Tensor:

@@ -185,7 +185,7 @@ class FastEngine(QwenSpeech):
                 open_rows &= set(step.rows)
                 for row, codes in zip(step.rows, step.codes, strict=True):
                     first = decoders[row].frames_out
-                    read = decoders[row].push_pending(codes, step.made)
+                    read = decoders[row].push(codes, step.made)
                     if read is not None:
                         pending.append(_Pending(row, read, first, decoders[row].frames_out - first, final=False))
                 while pending and pending[0].read.ready():
@@ -276,7 +276,7 @@ def _last_piece(row: int, decoder: IncrementalDecoder) -> _Pending:
     import torch
 
     first = decoder.frames_out
-    read = decoder.flush_pending()
+    read = decoder.flush()
     if read is None:
         read = HostRead(torch.zeros(0, dtype=torch.float32))
     return _Pending(row, read, first, decoder.frames_out - first, final=True)

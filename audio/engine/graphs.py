@@ -367,10 +367,6 @@ def length_buckets(max_len: int, shortest: int) -> list[int]:
     return [*lengths, max_len]
 
 
-def _greedy_codes(loop: FrameLoop, steps: EagerSteps, batch: int) -> list[list[list[int]]]:
-    return _codes(loop, steps, batch, sampled=False)
-
-
 def _codes(
     loop: FrameLoop, steps: EagerSteps, batch: int, *, sampled: bool, prompt_len: int = 7, frames: int = 6
 ) -> list[list[list[int]]]:
